@@ -1,0 +1,50 @@
+//! Requests and replies between the session layer and the room layer.
+//!
+//! Today they pass in-process; in a cluster they cross nodes, which is why they live here.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::ids::RoomId;
+use crate::message::{ChatMessage, Member};
+
+/// A validated `sendMessage`.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub room: RoomId,
+    pub text: String,
+    /// A JSON array, already validated.
+    pub attachments: String,
+    pub client_msg_id: Option<String>,
+}
+
+/// The answer to `joinRoom`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinReply {
+    pub room_id: RoomId,
+    /// The highest seq included in, or before, `messages`; pushes continue above it.
+    pub last_seq: u64,
+    /// Up to `max_listed_members` of the room's members.
+    pub members: Vec<Member>,
+    /// How many distinct users are in the room.
+    pub member_count: usize,
+    pub messages: Vec<Arc<ChatMessage>>,
+    /// The joining user's read receipt in this room.
+    pub read_up_to: u64,
+}
+
+/// The answer to `history` and `resume`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePage {
+    pub room_id: RoomId,
+    pub messages: Vec<ChatMessage>,
+    /// The room's last durable seq when the page was read (`resume` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
+    /// `resume` only: false when more messages follow; call again from the last seq received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub complete: Option<bool>,
+}

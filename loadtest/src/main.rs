@@ -1,0 +1,2 @@
+//! parley-loadtest: being written (see issue 6).
+fn main() {}

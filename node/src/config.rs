@@ -1,0 +1,307 @@
+//! The node's configuration: one typed struct, layered from defaults, an optional TOML file
+//! (`--config` / `PARLEY_CONFIG`), `PARLEY_*` environment variables and command-line flags, in
+//! that order (later wins). Every field has a unit in its name or a typed value, and a default
+//! that runs a working development node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The development secret used when none is configured (with a loud warning).
+pub const DEV_JWT_SECRET: &str = "parley-dev-secret-not-for-production";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryBackend {
+    /// fjall in `data_dir/history` (default; nothing to install).
+    Embedded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    RS256,
+    ES256,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything a node can be told. Field docs give unit and default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP and WebSocket address. Default `127.0.0.1:3000`.
+    pub listen: SocketAddr,
+    /// This node's name, its place on the hash ring. Default `parley-1`.
+    pub node_name: String,
+    /// Where the embedded store keeps its files. Default `./data`.
+    pub data_dir: PathBuf,
+    /// History store. Default `embedded`.
+    pub history: HistoryBackend,
+
+    /// HS256 secret for client JWTs. Unset: a development secret, with a warning.
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS256/ES256 client JWTs.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Algorithm of `jwt_public_key_file`. Default RS256.
+    pub jwt_public_key_algorithm: JwtAlgorithm,
+    /// Clock skew tolerated on `exp`. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub jwt_leeway: Duration,
+    /// Allowed browser `Origin`s; `*` allows any. Default `["*"]`.
+    pub allowed_origins: Vec<String>,
+
+    /// Largest WebSocket frame or fragmented message, bytes. Default 1 048 576.
+    pub max_frame_bytes: usize,
+    /// Longest message text, characters. Default 8000.
+    pub max_text_chars: usize,
+    /// Most attachments per message. Default 10.
+    pub max_attachments: usize,
+    /// Most rooms one connection may join. Default 100.
+    pub max_rooms_per_connection: usize,
+    /// Requests in flight per connection. Default 256.
+    pub max_inflight: usize,
+    /// Pushes queued per connection before it is closed as a slow consumer. Default 1024.
+    pub outbound_queue: usize,
+    /// Rejected requests in a row before a connection is closed (4029). Default 100.
+    pub max_consecutive_errors: u32,
+    /// Requests per second per user (all sessions together). Default 20.
+    pub rate_limit_per_sec: f64,
+    /// Burst size of the per-user rate limit. Default 60.
+    pub rate_limit_burst: f64,
+    /// Server ping period. Default 25 s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Close connections silent this long. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub client_timeout: Duration,
+    /// TCP_USER_TIMEOUT on client sockets: how long unacknowledged output may wait before the
+    /// kernel drops the connection (frees sessions whose client stopped reading). Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
+
+    /// Messages returned on `joinRoom`. Default 50.
+    pub history_on_join: usize,
+    /// Largest `history` page. Default 200.
+    pub max_history_page: usize,
+    /// Largest `resume` answer. Default 1000.
+    pub max_resume: usize,
+    /// Client message ids remembered per room for idempotent resends. Default 1000.
+    pub dedupe_window: usize,
+    /// Typing indicators expire after this. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub typing_ttl: Duration,
+    /// Stop an empty room actor after this. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub room_idle_timeout: Duration,
+    /// Stop a user actor this long after the user's last session. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub user_idle_timeout: Duration,
+    /// Deadline of a call to a room or user actor. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Restarts of one room allowed per `restart_period` before it is left down. Default 5.
+    pub max_restarts: usize,
+    /// Window for `max_restarts`. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub restart_period: Duration,
+
+    /// actix-web worker threads (sockets, sessions); 0 = number of cores. Default 0.
+    pub http_workers: usize,
+    /// Threads of the core runtime (rooms, users, store); 0 = number of cores. Default 0.
+    pub core_threads: usize,
+    /// Time given to connections to close on shutdown. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Log filter (tracing `EnvFilter` syntax; `RUST_LOG` wins). Default `info`.
+    pub log: String,
+    /// Log format. Default `text`.
+    pub log_format: LogFormat,
+    /// Enables `/debug/*` fault-injection endpoints. Never in production. Default false.
+    pub test_hooks: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            node_name: "parley-1".into(),
+            data_dir: PathBuf::from("./data"),
+            history: HistoryBackend::Embedded,
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_public_key_algorithm: JwtAlgorithm::RS256,
+            jwt_leeway: Duration::from_secs(5),
+            allowed_origins: vec!["*".into()],
+            max_frame_bytes: 1024 * 1024,
+            max_text_chars: 8000,
+            max_attachments: 10,
+            max_rooms_per_connection: 100,
+            max_inflight: 256,
+            outbound_queue: 1024,
+            max_consecutive_errors: 100,
+            rate_limit_per_sec: 20.0,
+            rate_limit_burst: 60.0,
+            heartbeat_interval: Duration::from_secs(25),
+            client_timeout: Duration::from_secs(60),
+            tcp_user_timeout: Duration::from_secs(30),
+            history_on_join: 50,
+            max_history_page: 200,
+            max_resume: 1000,
+            dedupe_window: 1000,
+            typing_ttl: Duration::from_secs(5),
+            room_idle_timeout: Duration::from_secs(60),
+            user_idle_timeout: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(5),
+            max_restarts: 5,
+            restart_period: Duration::from_secs(10),
+            http_workers: 0,
+            core_threads: 0,
+            shutdown_grace: Duration::from_secs(5),
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            test_hooks: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("cannot read {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+}
+
+impl Config {
+    /// Layers defaults, `file`, `PARLEY_*` and `overrides` (flags), then validates.
+    pub fn load(file: Option<&Path>, overrides: Figment) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    f.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        let fig = fig
+            .merge(Env::prefixed("PARLEY_").ignore(&["config"]))
+            .merge(overrides);
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.node_name.is_empty() || self.node_name.len() > 64 {
+            return bad("node_name must be 1-64 characters");
+        }
+        if self.max_frame_bytes < 1024 || self.max_frame_bytes > 64 * 1024 * 1024 {
+            return bad("max_frame_bytes must be between 1 KiB and 64 MiB");
+        }
+        if self.outbound_queue == 0 || self.max_inflight == 0 || self.max_rooms_per_connection == 0
+        {
+            return bad("outbound_queue, max_inflight and max_rooms_per_connection must be > 0");
+        }
+        if self.rate_limit_per_sec.is_nan()
+            || self.rate_limit_per_sec <= 0.0
+            || self.rate_limit_burst.is_nan()
+            || self.rate_limit_burst < 1.0
+        {
+            return bad("rate_limit_per_sec must be > 0 and rate_limit_burst >= 1");
+        }
+        if self.heartbeat_interval.is_zero() || self.client_timeout <= self.heartbeat_interval {
+            return bad("client_timeout must be longer than heartbeat_interval (> 0)");
+        }
+        if self.history_on_join == 0 || self.max_history_page == 0 || self.max_resume == 0 {
+            return bad("history_on_join, max_history_page and max_resume must be > 0");
+        }
+        if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
+            return bad("jwt_secret must be at least 16 bytes");
+        }
+        if self.allowed_origins.is_empty() {
+            return bad("allowed_origins must not be empty (use [\"*\"] to allow any)");
+        }
+        Ok(())
+    }
+
+    /// The HS256 secret in force, and whether it is the development default.
+    pub fn effective_jwt_secret(&self) -> (Option<String>, bool) {
+        match (&self.jwt_secret, &self.jwt_public_key_file) {
+            (Some(s), _) => (Some(s.clone()), false),
+            (None, Some(_)) => (None, false),
+            (None, None) => (Some(DEV_JWT_SECRET.to_string()), true),
+        }
+    }
+
+    /// Reads the configured public key file.
+    pub fn public_key_pem(&self) -> Result<Option<String>, ConfigError> {
+        match &self.jwt_public_key_file {
+            None => Ok(None),
+            Some(p) => std::fs::read_to_string(p)
+                .map(Some)
+                .map_err(|err| ConfigError::Read {
+                    path: p.clone(),
+                    err,
+                }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_round_trips_through_toml() {
+        let text = toml::to_string_pretty(&Config::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("parley.toml");
+        std::fs::write(&f, &text).unwrap();
+        let cfg = Config::load(Some(&f), Figment::new()).unwrap();
+        assert_eq!(cfg.listen, Config::default().listen);
+        assert_eq!(cfg.heartbeat_interval, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn layers_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        std::fs::write(
+            &f,
+            "max_text_chars = 10\nheartbeat_interval = \"2s\"\nclient_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        let flags = Figment::from(Serialized::global("max_text_chars", 20));
+        let cfg = Config::load(Some(&f), flags).unwrap();
+        assert_eq!(cfg.max_text_chars, 20);
+        assert_eq!(cfg.heartbeat_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        std::fs::write(&f, "no_such_key = 1\n").unwrap();
+        assert!(Config::load(Some(&f), Figment::new()).is_err());
+        let flags = Figment::from(Serialized::global("jwt_secret", "short"));
+        assert!(Config::load(None, flags).is_err());
+        let flags = Figment::from(Serialized::global("client_timeout", "1s"));
+        assert!(Config::load(None, flags).is_err());
+        assert!(Config::load(Some(&dir.path().join("missing.toml")), Figment::new()).is_err());
+    }
+}

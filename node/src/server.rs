@@ -1,0 +1,222 @@
+//! Boot and shutdown of a node.
+//!
+//! Runtime layout (see `docs/runtime.md`): one multi-thread tokio runtime, "core", owns the
+//! ractor actors (rooms, users, supervisors) and the store's tasks; actix-web's `HttpServer`
+//! is started inside it and runs its own worker threads (one single-threaded runtime each) for
+//! sockets and session actors. Sessions reach rooms by `cast`/`call` (thread-safe channels);
+//! rooms reach sessions through bounded queues.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use history::{EmbeddedStore, HistoryStore};
+use rooms::{Hub, RestartPolicy, RoomConfig, Rooms, RoomsConfig, UserConfig};
+use sessions::{AuthConfig, Authenticator, Limits, SessionsContext};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::backend::NodeBackend;
+use crate::config::{Config, HistoryBackend, JwtAlgorithm};
+use crate::http::{self, HttpState};
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// Runs a node until SIGINT/SIGTERM.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let threads = if cfg.core_threads == 0 {
+        cores()
+    } else {
+        cfg.core_threads
+    };
+    let core = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("core")
+        .enable_all()
+        .build()
+        .context("building the core runtime")?;
+    core.block_on(serve(cfg))
+}
+
+fn rooms_config(cfg: &Config) -> RoomsConfig {
+    RoomsConfig {
+        node_name: cfg.node_name.clone(),
+        room: RoomConfig {
+            history_on_join: cfg.history_on_join,
+            idle_timeout: cfg.room_idle_timeout,
+            typing_ttl: cfg.typing_ttl,
+            dedupe_window: cfg.dedupe_window,
+            ..RoomConfig::default()
+        },
+        user: UserConfig {
+            rate_per_sec: cfg.rate_limit_per_sec,
+            burst: cfg.rate_limit_burst,
+            idle_timeout: cfg.user_idle_timeout,
+        },
+        restart: RestartPolicy {
+            max_restarts: cfg.max_restarts,
+            period: cfg.restart_period,
+        },
+        call_timeout: cfg.call_timeout,
+        max_history_page: cfg.max_history_page,
+        max_resume: cfg.max_resume,
+    }
+}
+
+fn limits(cfg: &Config) -> Limits {
+    Limits {
+        max_frame_bytes: cfg.max_frame_bytes,
+        max_text_chars: cfg.max_text_chars,
+        max_attachments: cfg.max_attachments,
+        max_rooms_per_connection: cfg.max_rooms_per_connection,
+        max_inflight: cfg.max_inflight,
+        outbound_queue: cfg.outbound_queue,
+        max_consecutive_errors: cfg.max_consecutive_errors,
+        heartbeat_interval: cfg.heartbeat_interval,
+        client_timeout: cfg.client_timeout,
+    }
+}
+
+/// Builds the authenticator from the configuration (warning loudly about the dev secret).
+pub fn authenticator(cfg: &Config) -> anyhow::Result<Authenticator> {
+    let (secret, is_dev) = cfg.effective_jwt_secret();
+    if is_dev {
+        warn!("**********************************************************************");
+        warn!("NO jwt_secret CONFIGURED: using the public development secret.");
+        warn!("Anyone can mint tokens for this node. Set PARLEY_JWT_SECRET in production.");
+        warn!("**********************************************************************");
+    }
+    let alg = match cfg.jwt_public_key_algorithm {
+        JwtAlgorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+        JwtAlgorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+    };
+    let auth = AuthConfig {
+        hs256_secret: secret,
+        public_key_pem: cfg.public_key_pem()?.map(|pem| (pem, alg)),
+        leeway_secs: cfg.jwt_leeway.as_secs(),
+        allowed_origins: cfg.allowed_origins.clone(),
+    };
+    Ok(Authenticator::new(&auth)?)
+}
+
+async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn HistoryStore>> {
+    match cfg.history {
+        HistoryBackend::Embedded => {
+            let dir = cfg.data_dir.join("history");
+            let store = EmbeddedStore::open(&dir)
+                .with_context(|| format!("opening the embedded store in {}", dir.display()))?;
+            Ok(store)
+        }
+    }
+}
+
+/// Sets TCP_USER_TIMEOUT and keepalive on an accepted client socket, so that a peer that stops
+/// reading (zero window) or vanishes is dropped by the kernel and its session actor ends.
+fn tune_socket(conn: &dyn std::any::Any, user_timeout: Duration) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        let sock = socket2::SockRef::from(tcp);
+        let _ = sock.set_tcp_user_timeout(Some(user_timeout));
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(30))
+            .with_interval(Duration::from_secs(10));
+        let _ = sock.set_tcp_keepalive(&ka);
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    info!(node = %cfg.node_name, "starting parley {}", env!("CARGO_PKG_VERSION"));
+    let prometheus = crate::telemetry::init_metrics()?;
+    let store = open_store(&cfg).await?;
+    info!(store = store.name(), data_dir = %cfg.data_dir.display(), "history store open");
+    let hub = Arc::new(Hub::default());
+    let rooms = Rooms::start(rooms_config(&cfg), store.clone(), hub).await?;
+    info!("room and user supervisors started");
+    let auth = authenticator(&cfg)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let sessions = web::Data::new(SessionsContext::new(
+        Arc::new(NodeBackend::new(rooms.clone())),
+        auth,
+        limits(&cfg),
+        shutdown_rx.clone(),
+    ));
+    let state = web::Data::new(HttpState {
+        rooms: rooms.clone(),
+        prometheus,
+        shutdown: shutdown_rx,
+    });
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let test_hooks = cfg.test_hooks;
+    let user_timeout = cfg.tcp_user_timeout;
+    let workers = if cfg.http_workers == 0 {
+        cores()
+    } else {
+        cfg.http_workers
+    };
+    let server = HttpServer::new(move || {
+        let app = App::new()
+            .app_data(sessions.clone())
+            .app_data(state.clone())
+            .route("/ws", web::get().to(sessions::ws_endpoint))
+            .route("/healthz", web::get().to(http::healthz))
+            .route("/readyz", web::get().to(http::readyz))
+            .route("/metrics", web::get().to(http::metrics));
+        if test_hooks {
+            app.route(
+                "/debug/rooms/{room}/panic",
+                web::post().to(http::debug_panic),
+            )
+        } else {
+            app
+        }
+    })
+    .on_connect(move |conn, _| tune_socket(conn, user_timeout))
+    .workers(workers)
+    .backlog(4096)
+    .max_connections(200_000)
+    .disable_signals()
+    .shutdown_timeout(cfg.shutdown_grace.as_secs().max(1))
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    let server_task = tokio::spawn(server);
+    if test_hooks {
+        warn!("test hooks are enabled: /debug endpoints can crash rooms");
+    }
+    info!(%addr, workers, "listening");
+    // A machine-readable line for scripts and tests that start the node on port 0.
+    println!("parley listening on {addr}");
+
+    wait_for_signal().await;
+    info!("shutting down: closing sessions (1001)");
+    let _ = shutdown_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    handle.stop(true).await;
+    let _ = server_task.await;
+    rooms.stop();
+    store.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,53 @@
+//! Metric handles for the hot path, registered once. Labels are bounded sets (event kinds,
+//! close reasons): never a user or room id.
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram};
+
+use crate::close::CloseReason;
+use crate::protocol::EventKind;
+
+pub(crate) struct Stats {
+    pub connections: Gauge,
+    pub inbound: Vec<Counter>,
+    pub outbound_push: Counter,
+    pub outbound_ack: Counter,
+    pub latency: Histogram,
+    pub rate_limited: Counter,
+    pub closes: Vec<Counter>,
+    pub auth_failures: Counter,
+    pub forbidden_origin: Counter,
+}
+
+pub(crate) fn stats() -> &'static Stats {
+    static S: OnceLock<Stats> = OnceLock::new();
+    S.get_or_init(|| Stats {
+        connections: metrics::gauge!("websocket_connections_total"),
+        inbound: EventKind::ALL
+            .iter()
+            .map(|e| metrics::counter!("websocket_messages_total", "direction" => "inbound", "event" => e.as_str()))
+            .collect(),
+        outbound_push: metrics::counter!("websocket_messages_total", "direction" => "outbound", "event" => "push"),
+        outbound_ack: metrics::counter!("websocket_messages_total", "direction" => "outbound", "event" => "ack"),
+        latency: metrics::histogram!("websocket_message_latency_ms"),
+        rate_limited: metrics::counter!("parley_rate_limited_total"),
+        closes: CloseReason::ALL
+            .iter()
+            .map(|r| metrics::counter!("parley_connection_closes_total", "reason" => r.as_str()))
+            .collect(),
+        auth_failures: metrics::counter!("parley_auth_failures_total"),
+        forbidden_origin: metrics::counter!("parley_forbidden_origin_total"),
+    })
+}
+
+impl Stats {
+    pub fn inbound(&self, e: EventKind) -> &Counter {
+        &self.inbound[e as usize]
+    }
+
+    pub fn close(&self, r: CloseReason) -> &Counter {
+        let i = CloseReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
+        &self.closes[i]
+    }
+}
