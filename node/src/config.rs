@@ -71,6 +71,10 @@ pub struct Config {
     pub max_inflight: usize,
     /// Pushes queued per connection before it is closed as a slow consumer. Default 1024.
     pub outbound_queue: usize,
+    /// After evicting a slow consumer, time for its session to close before the node shuts
+    /// its socket down (a client that stops reading freezes its actor). Default 2 s.
+    #[serde(with = "humantime_serde")]
+    pub slow_consumer_grace: Duration,
     /// Rejected requests in a row before a connection is closed (4029). Default 100.
     pub max_consecutive_errors: u32,
     /// Requests per second per user (all sessions together). Default 20.
@@ -147,6 +151,7 @@ impl Default for Config {
             max_rooms_per_connection: 100,
             max_inflight: 256,
             outbound_queue: 1024,
+            slow_consumer_grace: Duration::from_secs(2),
             max_consecutive_errors: 100,
             rate_limit_per_sec: 20.0,
             rate_limit_burst: 60.0,

@@ -76,6 +76,7 @@ fn limits(cfg: &Config) -> Limits {
         max_rooms_per_connection: cfg.max_rooms_per_connection,
         max_inflight: cfg.max_inflight,
         outbound_queue: cfg.outbound_queue,
+        slow_consumer_grace: cfg.slow_consumer_grace,
         max_consecutive_errors: cfg.max_consecutive_errors,
         heartbeat_interval: cfg.heartbeat_interval,
         client_timeout: cfg.client_timeout,
@@ -117,8 +118,16 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn HistoryStore>> {
 
 /// Sets TCP_USER_TIMEOUT and keepalive on an accepted client socket, so that a peer that stops
 /// reading (zero window) or vanishes is dropped by the kernel and its session actor ends.
-fn tune_socket(conn: &dyn std::any::Any, user_timeout: Duration) {
+/// Also records the socket's identity for the slow-consumer kill switch (`sessions::conn`).
+fn tune_socket(
+    conn: &dyn std::any::Any,
+    ext: &mut actix_web::dev::Extensions,
+    user_timeout: Duration,
+) {
     if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Some(sock) = sessions::conn::ConnSocket::of(tcp) {
+            ext.insert(sock);
+        }
         let sock = socket2::SockRef::from(tcp);
         let _ = sock.set_tcp_user_timeout(Some(user_timeout));
         let ka = socket2::TcpKeepalive::new()
@@ -176,7 +185,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             app
         }
     })
-    .on_connect(move |conn, _| tune_socket(conn, user_timeout))
+    .on_connect(move |conn, ext| tune_socket(conn, ext, user_timeout))
     .workers(workers)
     .backlog(4096)
     .max_connections(200_000)

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::auth::{AuthError, Authenticator, TokenSource};
 use crate::backend::ChatBackend;
+use crate::conn::{ConnSocket, KillSwitch};
 use crate::limits::Limits;
 use crate::outbox::Outbox;
 use crate::session::WsSession;
@@ -98,7 +99,12 @@ pub async fn ws_endpoint(
         ));
     }
     let id = ctx.next_session_id();
-    let (outbox, rx, evicted) = Outbox::new(ctx.limits.outbound_queue);
+    let sock = req.conn_data::<ConnSocket>().copied();
+    let (outbox, ends) = Outbox::new(
+        ctx.limits.outbound_queue,
+        KillSwitch::new(sock),
+        ctx.limits.slow_consumer_grace,
+    );
     let bucket = match ctx.backend.connect(id, &authed.member, outbox).await {
         Ok(b) => b,
         Err(e) => {
@@ -110,14 +116,7 @@ pub async fn ws_endpoint(
         }
     };
     let member = authed.member.clone();
-    let session = WsSession::new(
-        id,
-        authed.member,
-        ctx.clone().into_inner(),
-        bucket,
-        rx,
-        evicted,
-    );
+    let session = WsSession::new(id, authed.member, ctx.clone().into_inner(), bucket, ends);
     let protocols: &[&str] = if authed.source == TokenSource::Subprotocol {
         &["bearer"]
     } else {

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod backend;
 pub mod close;
+pub mod conn;
 pub mod endpoint;
 pub mod limits;
 pub mod outbox;

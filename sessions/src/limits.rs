@@ -19,6 +19,9 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Rejected requests in a row before the connection is closed (4029). Default 100.
     pub max_consecutive_errors: u32,
+    /// After a slow-consumer eviction, how long the session may take to close before its
+    /// socket is shut down under it. Default 2 s.
+    pub slow_consumer_grace: Duration,
     /// Server ping period. Default 25 s.
     pub heartbeat_interval: Duration,
     /// Close a connection silent for this long. Default 60 s.
@@ -35,6 +38,7 @@ impl Default for Limits {
             max_inflight: 256,
             outbound_queue: 1024,
             max_consecutive_errors: 100,
+            slow_consumer_grace: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(25),
             client_timeout: Duration::from_secs(60),
         }

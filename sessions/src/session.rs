@@ -25,7 +25,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use crate::close::CloseReason;
+use crate::conn::KillSwitch;
 use crate::endpoint::SessionsContext;
+use crate::outbox::OutboxEnds;
 use crate::protocol::{self, EventKind, Request};
 use crate::stats::stats;
 
@@ -61,6 +63,7 @@ pub struct WsSession {
     bucket: Arc<TokenBucket>,
     outbox_rx: Option<mpsc::Receiver<Arc<Push>>>,
     evicted: Arc<Notify>,
+    kill: Arc<KillSwitch>,
     rooms: HashMap<RoomId, RoomPhase>,
     last_heard: Instant,
     inflight: usize,
@@ -99,16 +102,16 @@ impl WsSession {
         member: Member,
         ctx: Arc<SessionsContext>,
         bucket: Arc<TokenBucket>,
-        outbox_rx: mpsc::Receiver<Arc<Push>>,
-        evicted: Arc<Notify>,
+        outbox: OutboxEnds,
     ) -> Self {
         Self {
             id,
             member,
             ctx,
             bucket,
-            outbox_rx: Some(outbox_rx),
-            evicted,
+            outbox_rx: Some(outbox.rx),
+            evicted: outbox.evicted,
+            kill: outbox.kill,
             rooms: HashMap::new(),
             last_heard: Instant::now(),
             inflight: 0,
@@ -445,6 +448,7 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.kill.disarm();
         stats().connections.decrement(1.0);
         let reason = self.closed.unwrap_or(CloseReason::ClientGone);
         stats().close(reason).increment(1);

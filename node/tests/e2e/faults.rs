@@ -50,6 +50,24 @@ async fn a_slow_reader_is_evicted_and_does_not_slow_the_others() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Its actor cannot flush a close frame to a client that does not read (actix-web #2441):
+    // after `slow_consumer_grace` the node shuts the socket down and the session ends instead
+    // of freezing forever.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while metric(&node, "websocket_connections_total").await > 2.0 {
+        if tokio::time::Instant::now() > deadline {
+            let out = std::process::Command::new("ss")
+                .args(["-tnoi"])
+                .output()
+                .unwrap();
+            panic!(
+                "the frozen session was never torn down: {}\n{}",
+                metric(&node, "websocket_connections_total").await,
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(slow);
 }
 
