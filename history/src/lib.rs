@@ -9,6 +9,7 @@
 //! * [`embedded`]: the default on-disk store (fjall), one group-committing writer thread.
 
 pub mod embedded;
+pub mod scylla;
 pub mod store;
 
 pub use embedded::EmbeddedStore;
