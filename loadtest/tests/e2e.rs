@@ -244,4 +244,3 @@ fn refuses_non_loopback_targets_and_unbounded_runs() {
         .unwrap();
     assert!(!out.status.success());
 }
-
