@@ -6,15 +6,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use serde::Serialize;
 
+pub use crate::chat_report::{table, Report};
 use crate::chat_shard::{self, Ready, ShardResult, Tally};
 use crate::cli::{self, Common};
 use crate::connect::PER_WORKER;
 use crate::net;
 use crate::pacing::Schedule;
-use crate::report::{self, fmt_us, Table};
-use crate::stats::{self, Counts, Summary};
+use crate::progress::Progress;
+use crate::report;
+use crate::series;
+use crate::stats::{self, Counts};
 use crate::sys::{self, instant_at, mono_ns};
 use crate::worker::{self, Spec, Workers};
 
@@ -22,7 +24,7 @@ const MAX_CONNECTIONS: u64 = 300_000;
 const MAX_RATE: f64 = 2_000_000.0;
 const MAX_SIZE: usize = 65_536;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
@@ -56,50 +58,13 @@ pub struct Args {
     /// WebSocket read buffer per connection, bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     pub read_buffer: usize,
-}
-
-#[derive(Serialize)]
-struct Report {
-    scenario: &'static str,
-    protocol: &'static str,
-    urls: Vec<String>,
-    rooms: u64,
-    members: u64,
-    senders_per_room: u64,
-    rate: f64,
-    warmup_s: f64,
-    duration_s: f64,
-    size: usize,
-    workers: usize,
-    threads_per_worker: u64,
-    connections: u64,
-    connected: u64,
-    connect_failed: Counts,
-    failure_samples: BTreeMap<String, String>,
-    join_latency: Summary,
-    sent: u64,
-    target_sends: u64,
-    acked: u64,
-    expected: u64,
-    delivered: u64,
-    delivery_ratio: Option<f64>,
-    deliveries_per_s: f64,
-    end_to_end: Summary,
-    ack_latency: Summary,
-    send_lag: Summary,
-    ack_errors: Counts,
-    push_errors: Counts,
-    send_failures: u64,
-    dropped: Counts,
-    slow_path_frames: u64,
-    unknown_frames: u64,
-    tool_cpu_us: u64,
-    tool_cores: f64,
-    tool_cpu_us_per_delivery: Option<f64>,
-    server_pids: Vec<u32>,
-    server_cpu_us: Option<u64>,
-    server_cores: Option<f64>,
-    server_cpu_us_per_delivery: Option<f64>,
+    /// With several URLs, connect every member of room r to URL r mod n (default: the
+    /// members of a room are spread, connection i going to URL i mod n).
+    #[arg(long)]
+    pub room_affinity: bool,
+    /// Write a PNG with latency over time and the latency histogram.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 fn validate(a: &Args) -> Result<u64> {
@@ -130,8 +95,23 @@ fn validate(a: &Args) -> Result<u64> {
 }
 
 pub async fn run(a: Args) -> Result<()> {
+    let (rep, e2e) = measure(&a).await?;
+    report::print(a.common.json, &rep, &table(&rep))?;
+    if let Some(path) = &a.plot {
+        let title = format!(
+            "{} {} rooms x {} members, {} msg/s",
+            rep.protocol, rep.rooms, rep.members, rep.rate
+        );
+        crate::plot::latency_png(path, &title, &rep.latency_over_time, &e2e)?;
+        eprintln!("[chat] plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// One chat run: returns its report and the end-to-end latency histogram.
+pub async fn measure(a: &Args) -> Result<(Report, hdrhistogram::Histogram<u64>)> {
     let c = &a.common;
-    let conns = validate(&a)?;
+    let conns = validate(a)?;
     let targets = net::parse_targets(&c.url)?;
     sys::check_pids(&c.pids)?;
     let workers = a
@@ -139,6 +119,7 @@ pub async fn run(a: Args) -> Result<()> {
         .unwrap_or(conns.div_ceil(PER_WORKER))
         .clamp(1, a.rooms.min(64));
     let ranges = worker::split_ranges(a.rooms, workers);
+    let bucket_ms = series::bucket_ms(a.duration.as_millis() as u64);
     if ranges
         .iter()
         .any(|r| (r.end - r.start) * a.members > 19_000)
@@ -166,6 +147,8 @@ pub async fn run(a: Args) -> Result<()> {
                 concurrency: c.concurrency.div_ceil(workers),
                 opts: c.conn_opts(a.read_buffer),
                 threads: c.threads as usize,
+                bucket_ms,
+                room_affinity: a.room_affinity,
             })
         })
         .collect();
@@ -196,10 +179,26 @@ pub async fn run(a: Args) -> Result<()> {
     );
     tokio::time::sleep_until(instant_at(win_start)).await;
     let (srv0, me0) = (sys::cpu_sum_us(&c.pids)?, sys::self_cpu_us());
-    tokio::time::sleep_until(instant_at(win_end)).await;
+    let mut bar = Progress::new("measure", a.duration.as_secs().max(1));
+    let mut prev = 0;
+    loop {
+        let now = mono_ns();
+        if now >= win_end {
+            break;
+        }
+        let next = (now + 1_000_000_000).min(win_end);
+        let done = w.progress_until(instant_at(next)).await;
+        tokio::time::sleep_until(instant_at(next)).await;
+        // Workers report once a second: the difference is about the last second's rate.
+        let msg = format!("s; {done} deliveries, {}/s", done.saturating_sub(prev));
+        prev = done;
+        bar.set((next - win_start) / 1_000_000_000, &msg);
+    }
+    bar.finish();
     let (srv1, me1) = (sys::cpu_sum_us(&c.pids)?, sys::self_cpu_us());
     let mut tally = Tally::default();
     let (mut e2e, mut ack, mut lag) = (stats::new_hist(), stats::new_hist(), stats::new_hist());
+    let mut buckets = Vec::new();
     let mut tool_cpu = me1 - me0;
     let wait = a.drain + Duration::from_secs(60);
     for v in w.collect(false, wait, "chat", 0).await? {
@@ -208,6 +207,7 @@ pub async fn run(a: Args) -> Result<()> {
         e2e.add(&r.e2e)?;
         ack.add(&r.ack)?;
         lag.add(&r.lag)?;
+        series::merge(&mut buckets, &r.series)?;
         tool_cpu += r.cpu_us;
     }
     let nworkers = w.len();
@@ -235,7 +235,7 @@ pub async fn run(a: Args) -> Result<()> {
         failure_samples: samples,
         join_latency: stats::summarize(&join),
         sent: tally.sent,
-        target_sends: target_sends(&a, t0, win_start, win_end),
+        target_sends: target_sends(a, t0, win_start, win_end),
         acked: tally.acked,
         expected: tally.expected,
         delivered: tally.delivered,
@@ -258,8 +258,10 @@ pub async fn run(a: Args) -> Result<()> {
         server_cpu_us: server_cpu,
         server_cores: server_cpu.map(|s| round3(s as f64 / 1e6 / secs)),
         server_cpu_us_per_delivery: server_cpu.and_then(|s| per(s as f64, delivered)),
+        bucket_ms,
+        latency_over_time: series::points(&buckets, bucket_ms),
     };
-    report::print(c.json, &rep, &table(&rep))
+    Ok((rep, e2e))
 }
 
 /// Messages the schedule puts in the measured window, over all senders.
@@ -279,84 +281,4 @@ fn round3(v: f64) -> f64 {
 
 fn per(cpu_us: f64, deliveries: f64) -> Option<f64> {
     (deliveries > 0.0).then(|| round3(cpu_us / deliveries))
-}
-
-fn table(r: &Report) -> Table {
-    let mut t = Table::new(format!(
-        "chat: {} rooms × {} members, {} senders/room, {} msg/s, {} s",
-        r.rooms, r.members, r.senders_per_room, r.rate, r.duration_s
-    ));
-    t.section("setup");
-    t.row("targets", r.urls.join(" "));
-    t.row(
-        "workers × threads",
-        format!("{} × {}", r.workers, r.threads_per_worker),
-    );
-    t.row(
-        "joined / connections",
-        format!("{} / {}", r.connected, r.connections),
-    );
-    t.counts("connect/join failures", &r.connect_failed);
-    for (k, d) in &r.failure_samples {
-        t.row(&format!("  e.g. {k}"), d);
-    }
-    t.latency("connect+join latency", &r.join_latency);
-    t.section(&format!(
-        "measured window ({} s after {} s warmup)",
-        r.duration_s, r.warmup_s
-    ));
-    t.row("sent / target", format!("{} / {}", r.sent, r.target_sends));
-    t.row("acked ok", r.acked);
-    let ratio = r
-        .delivery_ratio
-        .map_or("n/a".into(), |x| format!("{:.3} %", x * 100.0));
-    t.row(
-        "delivered / expected",
-        format!("{} / {} ({ratio})", r.delivered, r.expected),
-    );
-    t.row("deliveries/s", r.deliveries_per_s);
-    t.latency("end-to-end latency", &r.end_to_end);
-    t.latency("ack latency", &r.ack_latency);
-    t.latency("send lag (tool)", &r.send_lag);
-    t.counts("ack errors", &r.ack_errors);
-    t.counts("error pushes", &r.push_errors);
-    t.counts("connections dropped", &r.dropped);
-    if r.send_failures + r.slow_path_frames + r.unknown_frames > 0 {
-        t.row(
-            "send failures / slow-path / unknown frames",
-            format!(
-                "{} / {} / {}",
-                r.send_failures, r.slow_path_frames, r.unknown_frames
-            ),
-        );
-    }
-    t.section("cpu");
-    let tool_per = r
-        .tool_cpu_us_per_delivery
-        .map_or("n/a".into(), |v| format!("{v} µs/delivery"));
-    t.row(
-        "tool",
-        format!(
-            "{} ({} cores) {tool_per}",
-            fmt_us(r.tool_cpu_us),
-            r.tool_cores
-        ),
-    );
-    match (
-        r.server_cpu_us,
-        r.server_cores,
-        r.server_cpu_us_per_delivery,
-    ) {
-        (Some(us), Some(cores), per) => t.row(
-            "server",
-            format!(
-                "{} ({cores} cores) {} µs/delivery, pids {:?}",
-                fmt_us(us),
-                per.map_or("n/a".into(), |v| v.to_string()),
-                r.server_pids
-            ),
-        ),
-        _ => t.row("server", "n/a (no --pids)"),
-    }
-    t
 }

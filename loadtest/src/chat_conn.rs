@@ -2,6 +2,7 @@
 //! are parsed in place, classified by their first bytes, and the send timestamp is found
 //! in the raw text) and, for senders, the open-loop send schedule.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -9,7 +10,8 @@ use tokio::sync::watch;
 use crate::chat_shard::{Ctx, PlanRx, Tally};
 use crate::net::Ws;
 use crate::pacing::Schedule;
-use crate::proto::{self, Incoming, Protocol};
+use crate::proto::{self, Incoming};
+use crate::series::TimedBatch;
 use crate::stats::{self, Batch};
 use crate::sys::{instant_at, mono_ns, mono_us};
 use crate::ws::Frame;
@@ -19,6 +21,7 @@ struct Recv {
     t: Tally,
     e2e: Batch,
     ack: Batch,
+    series: TimedBatch,
     /// Measured window in µs; (MAX, MAX) until the plan arrives.
     win: (u64, u64),
 }
@@ -29,7 +32,8 @@ impl Recv {
         ts >= self.win.0 && ts < self.win.1
     }
 
-    fn on_text(&mut self, p: Protocol, frame: &[u8]) {
+    fn on_text(&mut self, ctx: &Ctx, frame: &[u8]) {
+        let p = ctx.protocol;
         let now = mono_us();
         let (kind, slow) = p.classify(frame);
         self.t.slow_frames += u64::from(slow);
@@ -40,6 +44,8 @@ impl Recv {
                     if self.in_win(ts) {
                         self.t.delivered += 1;
                         self.e2e.record(now.saturating_sub(ts));
+                        self.series.record(ts, now.saturating_sub(ts));
+                        ctx.delivered.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -80,6 +86,7 @@ pub async fn conn_task(
         t: Tally::default(),
         e2e: Batch::new(ctx.e2e.clone()),
         ack: Batch::new(ctx.ack.clone()),
+        series: TimedBatch::new(ctx.series.clone()),
         win: (u64::MAX, u64::MAX),
     };
     let mut lag = Batch::new(ctx.lag.clone());
@@ -103,6 +110,7 @@ pub async fn conn_task(
                 planned = true;
                 let Some(plan) = plan_rx.borrow_and_update().clone() else { continue };
                 rx.win = plan.win;
+                rx.series.origin_us = plan.win.0;
                 send_end = plan.send_end_ns;
                 fanout = plan.fanout[(room_index - plan.first_room) as usize];
                 if member < ctx.senders {
@@ -150,7 +158,7 @@ pub async fn conn_task(
             r = ws.r.fill() => {
                 let reason = match r {
                     Ok(0) => Some("eof".to_string()),
-                    Ok(_) => drain(&mut ws, &mut rx, ctx.protocol).await,
+                    Ok(_) => drain(&mut ws, &mut rx, &ctx).await,
                     Err(_) => Some("error".to_string()),
                 };
                 if let Some(reason) = reason {
@@ -169,11 +177,16 @@ pub async fn conn_task(
 
 /// Handles every complete frame in the read buffer; returns why the connection ended,
 /// if it did.
-async fn drain(ws: &mut Ws, rx: &mut Recv, p: Protocol) -> Option<String> {
+async fn drain(ws: &mut Ws, rx: &mut Recv, ctx: &Ctx) -> Option<String> {
     loop {
         match ws.r.next() {
             Ok(None) => return None,
-            Ok(Some(Frame::Text(f))) => rx.on_text(p, f),
+            Ok(Some(Frame::Text(b"2"))) if ws.eio => {
+                if ws.w.send_text(b"3").await.is_err() {
+                    return Some("error".to_string());
+                }
+            }
+            Ok(Some(Frame::Text(f))) => rx.on_text(ctx, f),
             Ok(Some(Frame::Ping(data))) => {
                 if ws.w.pong(data).await.is_err() {
                     return Some("error".to_string());

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::chat_conn;
 use crate::net::{self, ConnOpts, Fail, Target, Ws};
 use crate::proto::{Incoming, Protocol};
+use crate::series;
 use crate::stats::{self, hist_hex, Counts};
 use crate::sys::{self, instant_at};
 use crate::token::Minter;
@@ -42,6 +43,10 @@ pub struct Shard {
     pub concurrency: u64,
     pub opts: ConnOpts,
     pub threads: usize,
+    /// Width of a latency-over-time bucket.
+    pub bucket_ms: u64,
+    /// All members of room r connect to URL r mod n (else member i to URL i mod n).
+    pub room_affinity: bool,
 }
 
 impl Shard {
@@ -110,6 +115,8 @@ pub struct ShardResult {
     pub ack: Histogram<u64>,
     #[serde(with = "hist_hex")]
     pub lag: Histogram<u64>,
+    /// End-to-end latency by send time.
+    pub series: series::Wire,
     /// This worker's CPU time during the measured window, µs.
     pub cpu_us: u64,
 }
@@ -124,6 +131,9 @@ pub struct Ctx {
     pub e2e: stats::Shared,
     pub ack: stats::Shared,
     pub lag: stats::Shared,
+    pub series: series::Series,
+    /// In-window deliveries so far, for progress reports (one relaxed add each).
+    pub delivered: std::sync::atomic::AtomicU64,
 }
 
 /// The timing of the measured phase, handed to every connection task at `go`.
@@ -150,6 +160,8 @@ pub async fn run(s: Shard, mut ctl: Control) -> Result<()> {
         e2e: stats::shared(),
         ack: stats::shared(),
         lag: stats::shared(),
+        series: series::new_series(s.bucket_ms, s.duration_ms),
+        delivered: Default::default(),
     });
     let (plan_tx, plan_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -179,9 +191,9 @@ pub async fn run(s: Shard, mut ctl: Control) -> Result<()> {
     })));
     tokio::time::sleep_until(instant_at(win_start)).await;
     let cpu0 = sys::self_cpu_us();
-    tokio::time::sleep_until(instant_at(win_end)).await;
+    report_until(&ctx, win_end).await;
     let cpu_us = sys::self_cpu_us() - cpu0;
-    tokio::time::sleep_until(instant_at(win_end + s.drain_ms * 1_000_000)).await;
+    report_until(&ctx, win_end + s.drain_ms * 1_000_000).await;
     let _ = stop_tx.send(true);
     let mut tally = Tally::default();
     for t in tasks {
@@ -194,10 +206,25 @@ pub async fn run(s: Shard, mut ctl: Control) -> Result<()> {
         e2e: stats::take(&ctx.e2e),
         ack: stats::take(&ctx.ack),
         lag: stats::take(&ctx.lag),
+        series: series::to_wire(&ctx.series),
         cpu_us,
     };
     worker::emit_value(false, &res);
     Ok(())
+}
+
+/// Sleeps until `until` (mono ns), emitting the window's deliveries so far every second
+/// for the parent's progress bar.
+async fn report_until(ctx: &Ctx, until: u64) {
+    loop {
+        let next = (sys::mono_ns() + 1_000_000_000).min(until);
+        tokio::time::sleep_until(instant_at(next)).await;
+        let done = ctx.delivered.load(std::sync::atomic::Ordering::Relaxed);
+        emit(&Event::Progress { done });
+        if next >= until {
+            return;
+        }
+    }
 }
 
 type Task = tokio::task::JoinHandle<Tally>;
@@ -259,7 +286,8 @@ async fn connect_all(
 async fn join_one(s: &Shard, minter: &Minter, room: u64, index: u64, i: u64) -> Result<Ws, Fail> {
     let user = format!("{}-r{room}-m{index}", s.prefix);
     let token = minter.mint(&user, &user).map_err(|e| fail("token", e))?;
-    let target = &s.targets[room as usize % s.targets.len()];
+    let pick = if s.room_affinity { room } else { i };
+    let target = &s.targets[pick as usize % s.targets.len()];
     let (mut ws, _) = net::connect(target, &token, i, s.opts).await?;
     let mut frame = String::new();
     s.protocol

@@ -59,6 +59,7 @@ impl Common {
             spread_sources: !self.no_spread,
             read_buffer,
             timeout_ms: self.connect_timeout.as_millis() as u64,
+            protocol: self.protocol,
         }
     }
 

@@ -1,8 +1,9 @@
-//! `parley-loadtest`: a load generator for Parley's `/ws` protocol (Socket.IO to come).
+//! `parley-loadtest`: a load generator for Parley's `/ws` protocol and Socket.IO v4 servers.
 //! Every run targets loopback only and is bounded in connections and time.
 
 mod chat;
 mod chat_conn;
+mod chat_report;
 mod chat_shard;
 mod cli;
 mod connect;
@@ -10,8 +11,13 @@ mod frame;
 mod history;
 mod net;
 mod pacing;
+mod plot;
+mod progress;
 mod proto;
+mod ramp;
 mod report;
+mod series;
+mod sio;
 mod stats;
 mod sys;
 mod token;
@@ -38,6 +44,8 @@ enum Cmd {
     Chat(chat::Args),
     /// Join latency of rooms with history.
     History(history::Args),
+    /// Chat steps at a rising rate: the highest rate with delivery ≥ 99.9 % and p99 ≤ 50 ms.
+    Ramp(ramp::Args),
     /// Internal: one worker process of a `connect` or `chat` run.
     #[command(hide = true)]
     Worker {
@@ -64,6 +72,7 @@ fn run(cli: Cli) -> Result<()> {
             rt.block_on(connect::run(a))
         }
         Cmd::Chat(a) => worker::runtime(1)?.block_on(chat::run(a)),
+        Cmd::Ramp(a) => worker::runtime(1)?.block_on(ramp::run(a)),
         Cmd::History(a) => {
             let rt = worker::runtime(a.common.threads as usize)?;
             rt.block_on(history::run(a))

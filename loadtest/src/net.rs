@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::http::Uri;
 
+use crate::proto::Protocol;
+
 pub use crate::ws::WsConn as Ws;
 
 /// Number of source addresses used: 127.0.0.2 ..= 127.0.0.254.
@@ -77,6 +79,7 @@ pub struct ConnOpts {
     /// Read buffer per connection (bytes); small for idle connections.
     pub read_buffer: usize,
     pub timeout_ms: u64,
+    pub protocol: Protocol,
 }
 
 /// Why a connection failed, as a short stable kind plus the first error text.
@@ -135,9 +138,26 @@ async fn open(target: &Target, token: &str, index: u64, opts: ConnOpts) -> Resul
         .await
         .map_err(|e| fail(io_kind(&e), e))?;
     stream.set_nodelay(true).map_err(|e| fail("io", e))?;
-    crate::ws::handshake(stream, &target.host, &target.path, token, opts.read_buffer)
-        .await
-        .map_err(|e| fail(e.kind, e.detail))
+    let rb = opts.read_buffer;
+    match opts.protocol {
+        Protocol::Native => {
+            crate::ws::handshake(stream, &target.host, &target.path, Some(token), rb)
+                .await
+                .map_err(|e| fail(e.kind, e.detail))
+        }
+        Protocol::SocketIo => {
+            let path = crate::sio::ws_path(&target.path);
+            let mut ws = crate::ws::handshake(stream, &target.host, &path, None, rb)
+                .await
+                .map_err(|e| fail(e.kind, e.detail))?;
+            ws.eio = true;
+            let wait = Duration::from_millis(opts.timeout_ms);
+            crate::sio::connect(&mut ws, token, wait)
+                .await
+                .map_err(|(k, d)| fail(k, d))?;
+            Ok(ws)
+        }
+    }
 }
 
 /// IP_BIND_ADDRESS_NO_PORT: let `connect` pick the port for the full 4-tuple instead

@@ -1,6 +1,6 @@
-//! Wire protocols the tool speaks. Only Parley's native `/ws` JSON protocol exists now;
-//! Socket.IO v4 is meant to become a second `Protocol` variant with its own framing
-//! (`42[...]` events, `43<id>[...]` acks, `2`/`3` ping/pong) behind the same methods.
+//! Wire protocols the tool speaks: Parley's native `/ws` JSON protocol, and Socket.IO v4
+//! (`42<id>[...]` events, `43<id>[...]` acks, `2`/`3` ping/pong; framing in `sio.rs`)
+//! behind the same methods.
 //!
 //! The receive path never parses a whole frame: it looks at the frame's first bytes to
 //! tell acks from `newMessage` pushes, and finds the send timestamp by searching the raw
@@ -25,6 +25,10 @@ static FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(MARK));
 pub enum Protocol {
     /// Parley's native JSON protocol at `GET /ws`.
     Native,
+    /// Socket.IO v4 (Engine.IO v4, websocket transport), JWT in the CONNECT auth payload.
+    #[value(name = "socketio")]
+    #[serde(rename = "socketio")]
+    SocketIo,
 }
 
 /// What the receive path needs to know about one incoming text frame.
@@ -47,11 +51,15 @@ impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Native => "native",
+            Protocol::SocketIo => "socketio",
         }
     }
 
     /// `{"event":"joinRoom","data":{"roomId":ROOM},"id":ID}` into `out` (cleared first).
     pub fn encode_join(self, room: &str, id: u64, out: &mut String) {
+        if self == Protocol::SocketIo {
+            return crate::sio::encode("joinRoom", room, None, id, out);
+        }
         out.clear();
         let _ = write!(
             out,
@@ -60,6 +68,9 @@ impl Protocol {
     }
 
     pub fn encode_leave(self, room: &str, id: u64, out: &mut String) {
+        if self == Protocol::SocketIo {
+            return crate::sio::encode("leaveRoom", room, None, id, out);
+        }
         out.clear();
         let _ = write!(
             out,
@@ -69,6 +80,9 @@ impl Protocol {
 
     /// A `sendMessage` whose text is `text` (already JSON-safe: see [`write_text`]).
     pub fn encode_send(self, room: &str, text: &str, id: u64, out: &mut String) {
+        if self == Protocol::SocketIo {
+            return crate::sio::encode("sendMessage", room, Some(text), id, out);
+        }
         out.clear();
         let _ = write!(
             out,
@@ -79,6 +93,9 @@ impl Protocol {
     /// Classifies a frame by its first bytes; falls back to [`classify_slow`] (which
     /// allocates) only when the frame does not start the way the server writes it.
     pub fn classify(self, frame: &[u8]) -> (Incoming<'_>, bool) {
+        if self == Protocol::SocketIo {
+            return (crate::sio::classify(frame), false);
+        }
         match classify_fast(frame) {
             Some(i) => (i, false),
             None => (classify_slow(frame), true),
@@ -147,7 +164,7 @@ pub fn classify_slow(frame: &[u8]) -> Incoming<'static> {
 }
 
 /// Parses leading ASCII digits; returns the value and the bytes after them.
-fn leading_u64(b: &[u8]) -> Option<(u64, &[u8])> {
+pub fn leading_u64(b: &[u8]) -> Option<(u64, &[u8])> {
     let n = b.iter().take(20).take_while(|c| c.is_ascii_digit()).count();
     if n == 0 {
         return None;

@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
+use crate::progress::Progress;
 use crate::{chat_shard, connect};
 
 #[derive(Serialize, Deserialize)]
@@ -150,6 +151,9 @@ pub struct Workers {
     children: Vec<Child>,
     stdins: Vec<ChildStdin>,
     events: mpsc::UnboundedReceiver<(usize, Option<Event>)>,
+    /// Events read by [`Workers::progress_until`] that `collect` has to see.
+    pending: std::collections::VecDeque<(usize, Option<Event>)>,
+    done: Vec<u64>,
 }
 
 impl Workers {
@@ -185,9 +189,11 @@ impl Workers {
             children.push(child);
         }
         Ok(Self {
+            done: vec![0; children.len()],
             children,
             stdins,
             events,
+            pending: Default::default(),
         })
     }
 
@@ -207,10 +213,13 @@ impl Workers {
         let n = self.children.len();
         let mut got: Vec<Option<Value>> = vec![None; n];
         let mut done = vec![0u64; n];
-        let mut last_print = std::time::Instant::now();
+        let mut bar = (total > 0).then(|| Progress::new(label, total));
         let deadline = tokio::time::Instant::now() + timeout;
         while got.iter().any(Option::is_none) {
-            let next = tokio::time::timeout_at(deadline, self.events.recv()).await;
+            let next = match self.pending.pop_front() {
+                Some(x) => Ok(Some(x)),
+                None => tokio::time::timeout_at(deadline, self.events.recv()).await,
+            };
             let (i, ev) = match next {
                 Err(_) => bail!("{label}: workers did not answer within {timeout:?}"),
                 Ok(None) => bail!("{label}: all workers exited"),
@@ -222,9 +231,8 @@ impl Workers {
                 Some(Event::Error { message }) => bail!("{label}: worker {i}: {message}"),
                 Some(Event::Progress { done: d }) => {
                     done[i] = d;
-                    if total > 0 && last_print.elapsed() >= Duration::from_secs(1) {
-                        last_print = std::time::Instant::now();
-                        eprintln!("[{label}] {}/{total}", done.iter().sum::<u64>());
+                    if let Some(b) = &mut bar {
+                        b.set(done.iter().sum(), "");
                     }
                 }
                 Some(Event::Ready { payload }) if ready => got[i] = Some(payload),
@@ -232,7 +240,22 @@ impl Workers {
                 Some(other) => eprintln!("{label}: worker {i}: unexpected {other:?}"),
             }
         }
+        if let Some(b) = bar {
+            b.finish();
+        }
         Ok(got.into_iter().map(|v| v.expect("all collected")).collect())
+    }
+
+    /// Waits until `deadline`, keeping the workers' latest progress figures; returns
+    /// their sum. Other events are kept for `collect`.
+    pub async fn progress_until(&mut self, deadline: tokio::time::Instant) -> u64 {
+        while let Ok(Some((i, ev))) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            match ev {
+                Some(Event::Progress { done }) => self.done[i] = done,
+                other => self.pending.push_back((i, other)),
+            }
+        }
+        self.done.iter().sum()
     }
 
     /// Sends one command line to every worker.

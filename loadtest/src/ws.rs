@@ -30,6 +30,8 @@ pub enum Frame<'a> {
 pub struct WsConn {
     pub r: WsReader,
     pub w: WsWriter,
+    /// Engine.IO: answer a `2` text frame (ping) with `3` (pong) in [`WsConn::read_until`].
+    pub eio: bool,
 }
 
 pub struct WsReader {
@@ -61,19 +63,19 @@ fn herr(kind: impl Into<String>, detail: impl Into<String>) -> HandshakeError {
     }
 }
 
-/// Upgrades a connected stream: `GET path` with `Authorization: Bearer token`.
+/// Upgrades a connected stream: `GET path`, with `Authorization: Bearer token` if given.
 pub async fn handshake(
     mut stream: TcpStream,
     host: &str,
     path: &str,
-    token: &str,
+    token: Option<&str>,
     read_buffer: usize,
 ) -> Result<WsConn, HandshakeError> {
     let key = generate_key();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
-         Authorization: Bearer {token}\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
     );
     let io = |e: io::Error| herr("io", e.to_string());
     stream.write_all(req.as_bytes()).await.map_err(io)?;
@@ -110,6 +112,7 @@ pub async fn handshake(
             buf: Vec::with_capacity(256),
             seed: 0x9e37_79b9 ^ (crate::sys::mono_ns() as u32 | 1),
         },
+        eio: false,
     })
 }
 
@@ -124,6 +127,7 @@ impl WsConn {
         loop {
             while let Some(frame) = self.r.next()? {
                 match frame {
+                    Frame::Text(b"2") if self.eio => self.w.send_text(b"3").await?,
                     Frame::Text(t) => {
                         if let Some(v) = f(t) {
                             return Ok(v);
@@ -329,7 +333,7 @@ mod tests {
             assert_eq!((op, &pong[r]), (0xA, &b"pi"[..]));
         });
         let stream = TcpStream::connect(addr).await.unwrap();
-        let Ok(mut c) = handshake(stream, "h", "/ws", "t", 1024).await else {
+        let Ok(mut c) = handshake(stream, "h", "/ws", Some("t"), 1024).await else {
             panic!("handshake failed")
         };
         let mut got = Vec::new();

@@ -1,134 +1,15 @@
 //! Runs the binary's scenarios against a tiny in-process stand-in for the `/ws` protocol
-//! (join/leave/send with acks, `newMessage` fan-out, history on join), so the tool is
-//! tested end to end without the real server.
+//! (join/leave/send with acks, `newMessage` fan-out, history on join; see `mock/`), so
+//! the tool is tested end to end without the real server.
 
-use std::collections::HashMap;
+mod mock;
+
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::Message;
-
-#[derive(Default)]
-struct Room {
-    history: Vec<String>,
-    members: HashMap<u64, mpsc::UnboundedSender<String>>,
-}
-
-type Rooms = Arc<Mutex<HashMap<String, Room>>>;
+use mock::run;
 
 fn start_mock() -> u16 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(l.local_addr().unwrap().port()).unwrap();
-            let rooms = Rooms::default();
-            let mut next = 0u64;
-            loop {
-                let (sock, _) = l.accept().await.unwrap();
-                sock.set_nodelay(true).unwrap();
-                next += 1;
-                tokio::spawn(serve(sock, next, rooms.clone()));
-            }
-        });
-    });
-    rx.recv().unwrap()
-}
-
-#[allow(clippy::result_large_err)] // the handshake callback's signature
-async fn serve(sock: tokio::net::TcpStream, conn: u64, rooms: Rooms) {
-    let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        match req.headers().get("authorization") {
-            Some(v) if v.as_bytes().starts_with(b"Bearer ey") => Ok(resp),
-            _ => {
-                let mut r = ErrorResponse::new(Some("unauthorized".into()));
-                *r.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::UNAUTHORIZED;
-                Err(r)
-            }
-        }
-    };
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async(sock, check).await else {
-        return;
-    };
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    tokio::spawn(async move {
-        while let Some(f) = rx.recv().await {
-            if sink.send(Message::text(f)).await.is_err() {
-                break;
-            }
-        }
-    });
-    while let Some(Ok(m)) = stream.next().await {
-        let Message::Text(t) = m else { continue };
-        let v: Value = serde_json::from_str(t.as_str()).unwrap();
-        let id = v["id"].as_u64().unwrap();
-        let room = v["data"]["roomId"].as_str().unwrap().to_string();
-        let mut rooms = rooms.lock().unwrap();
-        let r = rooms.entry(room.clone()).or_default();
-        match v["event"].as_str().unwrap() {
-            "joinRoom" => {
-                r.members.insert(conn, tx.clone());
-                let msgs = r.history.join(",");
-                let last = r.history.len();
-                let _ = tx.send(format!(
-                    r#"{{"event":"messageHistory","data":{{"roomId":"{room}","lastSeq":{last},"messages":[{msgs}]}}}}"#
-                ));
-                let _ = tx.send(format!(
-                    r#"{{"ack":{id},"data":{{"roomId":"{room}","lastSeq":{last},"members":[],"messages":[{msgs}],"readUpTo":0}}}}"#
-                ));
-            }
-            "leaveRoom" => {
-                r.members.remove(&conn);
-                let _ = tx.send(format!(r#"{{"ack":{id},"data":{{"roomId":"{room}"}}}}"#));
-            }
-            "sendMessage" => {
-                if !r.members.contains_key(&conn) {
-                    let _ = tx.send(format!(
-                        r#"{{"ack":{id},"error":{{"code":"not_in_room","message":"join first"}}}}"#
-                    ));
-                    continue;
-                }
-                let seq = r.history.len() + 1;
-                let text = serde_json::to_string(&v["data"]["text"]).unwrap();
-                let msg = format!(
-                    r#"{{"id":"m{seq}","roomId":"{room}","seq":{seq},"userId":"u{conn}","username":"u","text":{text},"attachments":[],"timestamp":0}}"#
-                );
-                let push = format!(r#"{{"event":"newMessage","data":{msg}}}"#);
-                for m in r.members.values() {
-                    let _ = m.send(push.clone());
-                }
-                let _ = tx.send(format!(r#"{{"ack":{id},"data":{msg}}}"#));
-                r.history.push(msg);
-                let keep = r.history.len().saturating_sub(50);
-                if keep > 0 {
-                    r.history.drain(..keep);
-                }
-            }
-            _ => {}
-        }
-    }
-    for r in rooms.lock().unwrap().values_mut() {
-        r.members.remove(&conn);
-    }
-}
-
-fn run(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_parley-loadtest"))
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?} failed: {stderr}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    mock::start().0
 }
 
 #[test]
