@@ -14,7 +14,8 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// What `HttpServer::on_connect` records about an accepted socket.
 #[derive(Debug, Clone, Copy)]
@@ -67,5 +68,19 @@ impl KillSwitch {
         let same = sock.local_addr().ok().and_then(|a| a.as_socket()) == Some(s.local)
             && sock.peer_addr().ok().and_then(|a| a.as_socket()) == Some(s.peer);
         same && sock.shutdown(std::net::Shutdown::Both).is_ok()
+    }
+
+    /// Fires `grace` from now unless disarmed meanwhile (at once outside a tokio runtime).
+    pub fn fire_after(self: Arc<Self>, grace: Duration) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(grace).await;
+                if self.fire() {
+                    tracing::debug!("shut down the socket of a frozen session");
+                }
+            });
+        } else {
+            self.fire();
+        }
     }
 }

@@ -24,6 +24,8 @@ pub struct SessionsContext {
     pub limits: Limits,
     /// Becomes `true` when the node starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// The live Socket.IO (Engine.IO) sessions.
+    pub engine: crate::socketio::Registry,
     next_id: AtomicU64,
 }
 
@@ -39,6 +41,7 @@ impl SessionsContext {
             auth,
             limits,
             shutdown,
+            engine: crate::socketio::Registry::default(),
             next_id: AtomicU64::new(1),
         }
     }

@@ -55,16 +55,6 @@ impl PushSink for Outbox {
 
     fn evict(&self) {
         self.evicted.notify_one();
-        let (kill, grace) = (self.kill.clone(), self.grace);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                tokio::time::sleep(grace).await;
-                if kill.fire() {
-                    tracing::debug!("shut down the socket of a frozen slow consumer");
-                }
-            });
-        } else {
-            kill.fire();
-        }
+        self.kill.clone().fire_after(self.grace);
     }
 }

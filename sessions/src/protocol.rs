@@ -51,7 +51,8 @@ impl EventKind {
         }
     }
 
-    fn from_name(name: &str) -> EventKind {
+    /// The kind of a client event name (`Unknown` for anything else).
+    pub fn from_name(name: &str) -> EventKind {
         EventKind::ALL
             .into_iter()
             .find(|e| *e != EventKind::Unknown && e.as_str() == name)
@@ -181,11 +182,11 @@ struct ResumeData {
 /// Longest `clientMsgId`, in bytes.
 pub const MAX_CLIENT_MSG_ID: usize = 64;
 
-fn invalid(msg: impl Into<String>) -> ApiError {
+pub(crate) fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidPayload, msg)
 }
 
-fn payload<T: DeserializeOwned>(data: Option<&RawValue>) -> Result<T, ApiError> {
+pub(crate) fn payload<T: DeserializeOwned>(data: Option<&RawValue>) -> Result<T, ApiError> {
     let raw = data.ok_or_else(|| invalid("missing data"))?;
     serde_json::from_str(raw.get()).map_err(|e| invalid(format!("invalid data: {e}")))
 }
@@ -205,53 +206,61 @@ pub fn parse(text: &str, limits: &Limits) -> Result<Incoming, Rejected> {
         }
     })?;
     let event = EventKind::from_name(&frame.event);
-    let reject = |error| Rejected {
-        id: frame.id,
-        event,
-        error,
-    };
-    let request = match event {
-        EventKind::Unknown => {
-            let mut name: String = frame.event.chars().take(64).collect();
-            if frame.event.len() > name.len() {
-                name.push('…');
-            }
-            return Err(reject(ApiError::new(
-                ErrorCode::UnknownEvent,
-                format!("unknown event {name:?}"),
-            )));
-        }
-        EventKind::JoinRoom => {
-            payload::<RoomOnly>(frame.data).map(|d| Request::Join { room: d.room_id })
-        }
-        EventKind::LeaveRoom => {
-            payload::<RoomOnly>(frame.data).map(|d| Request::Leave { room: d.room_id })
-        }
-        EventKind::SendMessage => parse_send(frame.data, limits),
-        EventKind::Typing => payload::<TypingData>(frame.data).map(|d| Request::Typing {
-            room: d.room_id,
-            is_typing: d.is_typing,
-        }),
-        EventKind::MarkRead => payload::<MarkReadData>(frame.data).map(|d| Request::MarkRead {
-            room: d.room_id,
-            up_to_seq: d.up_to_seq,
-        }),
-        EventKind::History => payload::<HistoryData>(frame.data).map(|d| Request::History {
-            room: d.room_id,
-            before: d.before_seq,
-            limit: d.limit,
-        }),
-        EventKind::Resume => payload::<ResumeData>(frame.data).map(|d| Request::Resume {
-            room: d.room_id,
-            after_seq: d.after_seq,
-        }),
-    }
-    .map_err(reject)?;
+    let request =
+        parse_request(event, &frame.event, frame.data, limits).map_err(|error| Rejected {
+            id: frame.id,
+            event,
+            error,
+        })?;
     Ok(Incoming {
         id: frame.id,
         event,
         request,
     })
+}
+
+/// Validates the `data` of an event named `name` (of kind `event`). Shared by every client
+/// protocol: the Socket.IO transport calls it with the first argument of an EVENT packet.
+pub fn parse_request(
+    event: EventKind,
+    name: &str,
+    data: Option<&RawValue>,
+    limits: &Limits,
+) -> Result<Request, ApiError> {
+    match event {
+        EventKind::Unknown => {
+            let mut short: String = name.chars().take(64).collect();
+            if name.len() > short.len() {
+                short.push('…');
+            }
+            Err(ApiError::new(
+                ErrorCode::UnknownEvent,
+                format!("unknown event {short:?}"),
+            ))
+        }
+        EventKind::JoinRoom => payload::<RoomOnly>(data).map(|d| Request::Join { room: d.room_id }),
+        EventKind::LeaveRoom => {
+            payload::<RoomOnly>(data).map(|d| Request::Leave { room: d.room_id })
+        }
+        EventKind::SendMessage => parse_send(data, limits),
+        EventKind::Typing => payload::<TypingData>(data).map(|d| Request::Typing {
+            room: d.room_id,
+            is_typing: d.is_typing,
+        }),
+        EventKind::MarkRead => payload::<MarkReadData>(data).map(|d| Request::MarkRead {
+            room: d.room_id,
+            up_to_seq: d.up_to_seq,
+        }),
+        EventKind::History => payload::<HistoryData>(data).map(|d| Request::History {
+            room: d.room_id,
+            before: d.before_seq,
+            limit: d.limit,
+        }),
+        EventKind::Resume => payload::<ResumeData>(data).map(|d| Request::Resume {
+            room: d.room_id,
+            after_seq: d.after_seq,
+        }),
+    }
 }
 
 fn parse_send(data: Option<&RawValue>, limits: &Limits) -> Result<Request, ApiError> {
@@ -297,12 +306,26 @@ fn parse_send(data: Option<&RawValue>, limits: &Limits) -> Result<Request, ApiEr
     }))
 }
 
+/// `{"code":..,"message":..,"event":..}`, the error object of every client protocol.
 #[derive(Serialize)]
-struct ErrorBody<'a> {
+pub(crate) struct ErrorBody<'a> {
     code: &'static str,
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<&'static str>,
+}
+
+impl<'a> ErrorBody<'a> {
+    /// Names `event` unless it is `None` or `Unknown`.
+    pub(crate) fn of(err: &'a ApiError, event: Option<EventKind>) -> Self {
+        ErrorBody {
+            code: err.code.as_str(),
+            message: &err.message,
+            event: event
+                .filter(|e| *e != EventKind::Unknown)
+                .map(EventKind::as_str),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -333,11 +356,7 @@ pub fn ack_ok(id: u64, data: &impl Serialize) -> String {
 pub fn ack_err(id: u64, err: &ApiError) -> String {
     let body = AckErr {
         ack: id,
-        error: ErrorBody {
-            code: err.code.as_str(),
-            message: &err.message,
-            event: None,
-        },
+        error: ErrorBody::of(err, None),
     };
     serde_json::to_string(&body).unwrap_or_default()
 }
@@ -346,11 +365,7 @@ pub fn ack_err(id: u64, err: &ApiError) -> String {
 pub fn error_push(event: EventKind, err: &ApiError) -> String {
     let body = Pushed {
         event: "error",
-        data: ErrorBody {
-            code: err.code.as_str(),
-            message: &err.message,
-            event: (event != EventKind::Unknown).then(|| event.as_str()),
-        },
+        data: ErrorBody::of(err, Some(event)),
     };
     serde_json::to_string(&body).unwrap_or_default()
 }

@@ -18,6 +18,8 @@ pub(crate) struct Stats {
     pub closes: Vec<Counter>,
     pub auth_failures: Counter,
     pub forbidden_origin: Counter,
+    /// Live Engine.IO sessions (Socket.IO), whatever their transport or state.
+    pub engine_sessions: Gauge,
 }
 
 pub(crate) fn stats() -> &'static Stats {
@@ -38,6 +40,7 @@ pub(crate) fn stats() -> &'static Stats {
             .collect(),
         auth_failures: metrics::counter!("parley_auth_failures_total"),
         forbidden_origin: metrics::counter!("parley_forbidden_origin_total"),
+        engine_sessions: metrics::gauge!("parley_engineio_sessions"),
     })
 }
 

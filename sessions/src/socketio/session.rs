@@ -1,0 +1,751 @@
+//! One Engine.IO session and the Socket.IO socket on it: an actix actor with a plain
+//! `Context`, independent of any HTTP connection.
+//!
+//! Why an actor of its own: a polling session lives across many short HTTP requests (possibly
+//! on different workers), survives an upgrade to WebSocket, and must be freed when its client
+//! vanishes even though no request arrives any more. So the session owns the timers (server
+//! ping every `heartbeat_interval`, close when no pong within `client_timeout`), the bounded
+//! queue of packets waiting for the next poll, and the chat state ([`ChatCore`]); transports
+//! only carry packets in and out:
+//!
+//! ```text
+//! polling GET ──Poll{oneshot}──►            ┌──────────────┐ ◄── Outbox (room pushes, bounded)
+//! polling POST ─Data{body}─────► EngineSession (this) ─ chat::* ─► ChatBackend
+//! WebSocket pipe ─WsIn──────────►            └──────────────┘ ──WsOut (bounded mpsc)──► pipe
+//! ```
+//!
+//! Every queue is bounded: pending polling packets and the pipe's queue hold at most
+//! `outbound_queue` packets (overflow: the session ends as a slow consumer), the pipe waits for
+//! room in this actor's mailbox before reading more frames.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use bytestring::ByteString;
+use cluster_proto::api::JoinReply;
+use cluster_proto::push::FrameFormat;
+use cluster_proto::rate::TokenBucket;
+use cluster_proto::{ApiError, ErrorCode, Member, Push, SessionId};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::engine::{self, ClientPacket};
+use super::events;
+use super::packet::{self, Packet};
+use crate::chat::{self, ChatCore, ChatTransport, Outbound, ShutdownSignal};
+use crate::close::CloseReason;
+use crate::conn::KillSwitch;
+use crate::endpoint::SessionsContext;
+use crate::outbox::Outbox;
+use crate::protocol::EventKind;
+use crate::stats::stats;
+
+/// How long a probing WebSocket may take to send the upgrade packet (the Node.js default).
+pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the session sends to its WebSocket pipe.
+pub(crate) enum WsOut {
+    Text(ByteString),
+    Close(CloseReason),
+}
+
+/// A frame read by a WebSocket pipe.
+pub(crate) enum WsFrame {
+    Text(ByteString),
+    Binary(Bytes),
+}
+
+/// A WebSocket attached to the session (active transport or upgrade probe).
+pub(crate) struct WsLink {
+    pub gen: u64,
+    pub tx: mpsc::Sender<WsOut>,
+    pub kill: Arc<KillSwitch>,
+}
+
+enum Transport {
+    Polling,
+    WebSocket(WsLink),
+}
+
+struct Probe {
+    link: WsLink,
+    /// `2probe` answered: polls are answered at once so the client can pause polling.
+    probed: bool,
+}
+
+enum SocketState {
+    AwaitingConnect,
+    Connecting,
+    Connected,
+}
+
+/// A BINARY_EVENT (or BINARY_ACK) waiting for its attachments.
+struct Assembly {
+    /// `(ack id, event)` for an event; `None` for an ack (dropped when complete).
+    event: Option<(Option<u64>, EventKind)>,
+    remaining: usize,
+    bytes: usize,
+}
+
+pub(crate) struct EngineSession {
+    sid: Arc<str>,
+    ctx: Arc<SessionsContext>,
+    transport: Transport,
+    probe: Option<Probe>,
+    next_gen: u64,
+    /// Polling: packets waiting for a GET (at most `outbound_queue`).
+    pending: VecDeque<ByteString>,
+    parked: Option<oneshot::Sender<String>>,
+    flush_scheduled: bool,
+    /// The member authenticated by the handshake request's own token, if it carried one.
+    handshake_member: Option<Member>,
+    state: SocketState,
+    /// Packets that arrived while the CONNECT was being authorized, replayed after it.
+    early: Vec<String>,
+    chat: Option<ChatCore>,
+    assembly: Option<Assembly>,
+    ping_seq: u64,
+    awaiting_pong: bool,
+    closed: Option<CloseReason>,
+}
+
+// ---- messages ----
+
+/// A polling GET: answered through `tx` with a payload, now or when packets are ready.
+pub(crate) struct Poll(pub oneshot::Sender<String>);
+impl Message for Poll {
+    type Result = Result<(), engine::HttpError>;
+}
+
+/// A polling POST body.
+pub(crate) struct Data(pub String);
+impl Message for Data {
+    type Result = Result<(), engine::HttpError>;
+}
+
+/// End the session (an HTTP-level violation such as an oversized POST).
+pub(crate) struct Kill(pub CloseReason);
+impl Message for Kill {
+    type Result = ();
+}
+
+/// A WebSocket asks to probe for an upgrade: answers its generation.
+pub(crate) struct AttachProbe {
+    pub tx: mpsc::Sender<WsOut>,
+    pub kill: Arc<KillSwitch>,
+}
+impl Message for AttachProbe {
+    type Result = Result<u64, engine::HttpError>;
+}
+
+/// A frame from the pipe of generation `gen`.
+pub(crate) struct WsIn {
+    pub gen: u64,
+    pub frame: WsFrame,
+}
+impl Message for WsIn {
+    type Result = ();
+}
+
+/// The pipe of generation `gen` stopped.
+pub(crate) struct WsGone {
+    pub gen: u64,
+    pub reason: CloseReason,
+}
+impl Message for WsGone {
+    type Result = ();
+}
+
+struct Flush;
+impl Message for Flush {
+    type Result = ();
+}
+
+/// The backend answered the CONNECT.
+struct Connected {
+    id: SessionId,
+    member: Member,
+    outbox: crate::outbox::OutboxEnds,
+    result: Result<Arc<TokenBucket>, ApiError>,
+}
+impl Message for Connected {
+    type Result = Result<(), ()>;
+}
+
+impl EngineSession {
+    /// A session on polling (`ws: None`) or directly on a WebSocket (generation 0).
+    pub(crate) fn new(
+        sid: Arc<str>,
+        ctx: Arc<SessionsContext>,
+        ws: Option<(mpsc::Sender<WsOut>, Arc<KillSwitch>)>,
+        handshake_member: Option<Member>,
+    ) -> Self {
+        let transport = match ws {
+            Some((tx, kill)) => Transport::WebSocket(WsLink { gen: 0, tx, kill }),
+            None => Transport::Polling,
+        };
+        Self {
+            sid,
+            ctx,
+            transport,
+            probe: None,
+            next_gen: 1,
+            pending: VecDeque::new(),
+            parked: None,
+            flush_scheduled: false,
+            handshake_member,
+            state: SocketState::AwaitingConnect,
+            early: Vec::new(),
+            chat: None,
+            assembly: None,
+            ping_seq: 0,
+            awaiting_pong: false,
+            closed: None,
+        }
+    }
+
+    /// Queues one encoded packet on the current transport.
+    fn write(&mut self, ctx: &mut Context<Self>, frame: ByteString) {
+        if self.closed.is_some() {
+            return;
+        }
+        match &self.transport {
+            Transport::WebSocket(link) => match link.tx.try_send(WsOut::Text(frame)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.close(ctx, CloseReason::SlowConsumer)
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.close(ctx, CloseReason::ClientGone)
+                }
+            },
+            Transport::Polling => {
+                if self.pending.len() >= self.ctx.limits.outbound_queue {
+                    return self.close(ctx, CloseReason::SlowConsumer);
+                }
+                self.pending.push_back(frame);
+                if self.parked.is_some() && !self.flush_scheduled {
+                    // Answer after this turn, so packets written together leave together.
+                    self.flush_scheduled = true;
+                    ctx.notify(Flush);
+                }
+            }
+        }
+    }
+
+    /// Answers the parked GET with every pending packet (or a noop when `noop_if_empty`).
+    fn flush(&mut self, noop_if_empty: bool) {
+        self.flush_scheduled = false;
+        if self.pending.is_empty() && !noop_if_empty {
+            return;
+        }
+        let Some(tx) = self.parked.take() else {
+            return;
+        };
+        if self.pending.is_empty() {
+            self.pending
+                .push_back(ByteString::from_static(engine::NOOP));
+        }
+        let packets: Vec<ByteString> = self.pending.drain(..).collect();
+        if let Err(payload) = tx.send(engine::encode_payload(&packets)) {
+            // The GET went away: keep the packets for the next one (our JSON never contains
+            // a raw record separator, so the payload splits back exactly).
+            for p in payload.split(engine::SEPARATOR).rev() {
+                self.pending.push_front(ByteString::from(p.to_string()));
+            }
+        }
+    }
+
+    fn close(&mut self, ctx: &mut Context<Self>, reason: CloseReason) {
+        if self.closed.is_some() {
+            return;
+        }
+        self.closed = Some(reason);
+        let grace = self.ctx.limits.slow_consumer_grace;
+        if let Some(p) = self.probe.take() {
+            let _ = p.link.tx.try_send(WsOut::Close(reason));
+            p.link.kill.fire_after(grace);
+        }
+        match &self.transport {
+            Transport::WebSocket(link) => {
+                let _ = link.tx.try_send(WsOut::Close(reason));
+                // A pipe whose client stopped reading is frozen (actix-web #2441); it disarms
+                // this when it stops normally.
+                link.kill.clone().fire_after(grace);
+            }
+            Transport::Polling => {
+                if reason != CloseReason::ClientGone {
+                    self.pending
+                        .push_back(ByteString::from_static(engine::CLOSE));
+                }
+                self.flush(false);
+            }
+        }
+        ctx.stop();
+    }
+
+    fn schedule_ping(&mut self, ctx: &mut Context<Self>) {
+        let (interval, timeout) = (
+            self.ctx.limits.heartbeat_interval,
+            self.ctx.limits.client_timeout,
+        );
+        ctx.run_later(interval, move |act, ctx| {
+            act.ping_seq += 1;
+            act.awaiting_pong = true;
+            let seq = act.ping_seq;
+            act.write(ctx, ByteString::from_static(engine::PING));
+            ctx.run_later(timeout, move |act, ctx| {
+                if act.awaiting_pong && act.ping_seq == seq {
+                    act.close(ctx, CloseReason::HeartbeatTimeout);
+                }
+            });
+        });
+    }
+
+    /// An Engine.IO packet from the active transport.
+    fn on_packet(&mut self, ctx: &mut Context<Self>, p: ClientPacket<'_>) {
+        match p {
+            ClientPacket::Close => self.close(ctx, CloseReason::Normal),
+            ClientPacket::Pong(_) => {
+                if self.awaiting_pong {
+                    self.awaiting_pong = false;
+                    self.schedule_ping(ctx);
+                }
+            }
+            // Engine.IO v4: the server pings; a client ping outside a probe is invalid.
+            ClientPacket::Ping(_) => self.close(ctx, CloseReason::ProtocolError),
+            ClientPacket::Message(text) => self.on_socketio(ctx, text),
+            ClientPacket::Binary(b) => self.on_binary(ctx, b.len()),
+            ClientPacket::Upgrade | ClientPacket::Noop => {}
+        }
+    }
+
+    fn on_socketio(&mut self, ctx: &mut Context<Self>, text: &str) {
+        if matches!(self.state, SocketState::Connecting) {
+            // A client that does not wait for the CONNECT answer: keep the order.
+            let held: usize = self.early.iter().map(String::len).sum();
+            if self.early.len() >= self.ctx.limits.max_inflight
+                || held + text.len() > self.ctx.limits.max_frame_bytes
+            {
+                return self.close(ctx, CloseReason::Flood);
+            }
+            self.early.push(text.to_string());
+            return;
+        }
+        if self.assembly.is_some() {
+            // Text while binary attachments are expected.
+            return self.close(ctx, CloseReason::ProtocolError);
+        }
+        let packet = match packet::decode(text) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(sid = %self.sid, error = %e, "bad socket.io packet");
+                return self.close(ctx, CloseReason::ProtocolError);
+            }
+        };
+        match packet {
+            Packet::Connect { nsp, .. } if nsp != "/" => {
+                let f = packet::connect_error(nsp, "Invalid namespace");
+                self.write(ctx, ByteString::from(f));
+            }
+            Packet::Connect { auth, .. } => self.on_connect(ctx, auth),
+            Packet::Disconnect { nsp: "/" } => self.close(ctx, CloseReason::Normal),
+            Packet::Disconnect { .. } => {}
+            Packet::Event { nsp, .. } | Packet::Ack { nsp, .. } if nsp != "/" => {}
+            Packet::Event {
+                id,
+                args,
+                attachments,
+                ..
+            } => {
+                if attachments > 0 {
+                    let event = packet::event_name(args)
+                        .map(|(n, _)| EventKind::from_name(&n))
+                        .unwrap_or(EventKind::Unknown);
+                    self.assembly = Some(Assembly {
+                        event: Some((id, event)),
+                        remaining: attachments,
+                        bytes: 0,
+                    });
+                    return;
+                }
+                if !matches!(self.state, SocketState::Connected) {
+                    return;
+                }
+                match events::parse_event(args, &self.ctx.limits) {
+                    Ok((event, req)) => chat::request(self, ctx, id, event, req),
+                    Err((event, err)) => chat::rejected_input(self, ctx, id, event, &err),
+                }
+            }
+            Packet::Ack { attachments, .. } => {
+                // The server never asks for acks; a binary one still has to be consumed.
+                if attachments > 0 {
+                    self.assembly = Some(Assembly {
+                        event: None,
+                        remaining: attachments,
+                        bytes: 0,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A binary attachment: counted and bounded, then the event is refused (binary policy).
+    fn on_binary(&mut self, ctx: &mut Context<Self>, len: usize) {
+        let max = self.ctx.limits.max_frame_bytes;
+        let Some(a) = self.assembly.as_mut() else {
+            return self.close(ctx, CloseReason::ProtocolError);
+        };
+        a.bytes = a.bytes.saturating_add(len);
+        if a.bytes > max {
+            return self.close(ctx, CloseReason::MessageTooBig);
+        }
+        a.remaining -= 1;
+        if a.remaining > 0 {
+            return;
+        }
+        let done = self.assembly.take();
+        if let Some(Assembly {
+            event: Some((id, event)),
+            ..
+        }) = done
+        {
+            if matches!(self.state, SocketState::Connected) {
+                let err = ApiError::new(
+                    ErrorCode::BinaryNotSupported,
+                    "binary payloads are not supported: send JSON (see docs/socketio.md)",
+                );
+                chat::rejected_input(self, ctx, id, event, &err);
+            }
+        }
+    }
+
+    fn on_connect(&mut self, ctx: &mut Context<Self>, auth: Option<&str>) {
+        if !matches!(self.state, SocketState::AwaitingConnect) {
+            return;
+        }
+        let verified = match packet::auth_token(auth) {
+            Some(token) => self.ctx.auth.verify(&token).ok(),
+            None => self.handshake_member.clone(),
+        };
+        let Some(member) = verified else {
+            stats().auth_failures.increment(1);
+            let f = packet::connect_error("/", "Authentication failed");
+            return self.write(ctx, ByteString::from(f));
+        };
+        self.state = SocketState::Connecting;
+        let id = self.ctx.next_session_id();
+        // Pushes reach this actor, not a socket: its own eviction handling closes it, so the
+        // outbox needs no kill switch of its own.
+        let (outbox, ends) = Outbox::new(
+            self.ctx.limits.outbound_queue,
+            KillSwitch::new(None),
+            self.ctx.limits.slow_consumer_grace,
+        );
+        let fut = self.ctx.backend.connect(id, &member, outbox);
+        let (addr, backend) = (ctx.address(), self.ctx.backend.clone());
+        // Detached, so that a registration completing after this session stopped is undone.
+        actix::spawn(async move {
+            let result = fut.await;
+            let registered = result.is_ok();
+            let msg = Connected {
+                id,
+                member: member.clone(),
+                outbox: ends,
+                result,
+            };
+            if !matches!(addr.send(msg).await, Ok(Ok(()))) && registered {
+                backend.disconnect(id, &member);
+            }
+        });
+    }
+}
+
+impl ChatTransport for EngineSession {
+    fn core(&mut self) -> Option<&mut ChatCore> {
+        self.chat.as_mut()
+    }
+
+    fn send_ack<D: Serialize>(&mut self, ctx: &mut Context<Self>, id: u64, data: &D) {
+        self.write(ctx, ByteString::from(events::ack_ok(id, data)));
+    }
+
+    fn send_error(
+        &mut self,
+        ctx: &mut Context<Self>,
+        id: Option<u64>,
+        event: EventKind,
+        err: &ApiError,
+    ) {
+        let f = match id {
+            Some(id) => events::ack_err(id, err),
+            None => events::error_event(event, err),
+        };
+        self.write(ctx, ByteString::from(f));
+    }
+
+    fn send_push(&mut self, ctx: &mut Context<Self>, p: &Arc<Push>) {
+        stats().outbound_push.increment(1);
+        let f = p.frame(FrameFormat::SocketIo, |p| {
+            ByteString::from(packet::event(p.kind.event_name(), p.data_str()))
+        });
+        self.write(ctx, f);
+    }
+
+    /// The seed's shape: `messageHistory` carries the array of messages.
+    fn send_history(&mut self, ctx: &mut Context<Self>, reply: &JoinReply) {
+        stats().outbound_push.increment(1);
+        let messages = serde_json::to_string(&reply.messages).unwrap_or_else(|_| "[]".into());
+        let f = packet::event("messageHistory", &messages);
+        self.write(ctx, ByteString::from(f));
+    }
+
+    fn close(&mut self, ctx: &mut Context<Self>, reason: CloseReason) {
+        EngineSession::close(self, ctx, reason);
+    }
+}
+
+impl Actor for EngineSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Room for a pipe's burst of frames; the pipe waits when it is full.
+        ctx.set_mailbox_capacity(256);
+        stats().engine_sessions.increment(1.0);
+        chat::watch_shutdown::<Self>(ctx, self.ctx.shutdown.clone());
+        self.schedule_ping(ctx);
+        // A socket that never connects is closed like a silent one.
+        let started = Instant::now();
+        let timeout = self.ctx.limits.client_timeout;
+        ctx.run_later(timeout, move |act, ctx| {
+            if !matches!(act.state, SocketState::Connected) {
+                tracing::debug!(sid = %act.sid, after = ?started.elapsed(), "no CONNECT in time");
+                act.close(ctx, CloseReason::HeartbeatTimeout);
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.ctx.engine.remove(&self.sid);
+        stats().engine_sessions.decrement(1.0);
+        if let Some(chat) = self.chat.take() {
+            stats().connections.decrement(1.0);
+            let reason = self.closed.unwrap_or(CloseReason::ClientGone);
+            stats().close(reason).increment(1);
+            tracing::debug!(sid = %self.sid, session = %chat.id, user = %chat.member.user_id, reason = reason.as_str(), "socket.io session closed");
+            chat.disconnect();
+        }
+    }
+}
+
+impl Handler<Connected> for EngineSession {
+    type Result = Result<(), ()>;
+
+    fn handle(&mut self, msg: Connected, ctx: &mut Self::Context) -> Self::Result {
+        if self.closed.is_some() {
+            return Err(());
+        }
+        let bucket = match msg.result {
+            Ok(b) => b,
+            Err(e) => {
+                self.state = SocketState::AwaitingConnect;
+                self.early.clear();
+                let f = packet::connect_error("/", &e.message);
+                self.write(ctx, ByteString::from(f));
+                return Err(());
+            }
+        };
+        self.chat = Some(ChatCore::new(msg.id, msg.member, self.ctx.clone(), bucket));
+        self.state = SocketState::Connected;
+        stats().connections.increment(1.0);
+        chat::watch_outbox(self, ctx, msg.outbox.rx, msg.outbox.evicted);
+        let f = packet::connect_ok(&format!("{}", msg.id));
+        self.write(ctx, ByteString::from(f));
+        for text in std::mem::take(&mut self.early) {
+            self.on_socketio(ctx, &text);
+        }
+        Ok(())
+    }
+}
+
+impl Handler<Poll> for EngineSession {
+    type Result = Result<(), engine::HttpError>;
+
+    fn handle(&mut self, Poll(tx): Poll, ctx: &mut Self::Context) -> Self::Result {
+        if !matches!(self.transport, Transport::Polling) {
+            return Err(engine::HttpError::BadRequest);
+        }
+        if self.parked.as_ref().is_some_and(|p| !p.is_closed()) {
+            // Two GETs at once: the client is broken.
+            self.close(ctx, CloseReason::ProtocolError);
+            return Err(engine::HttpError::BadRequest);
+        }
+        self.parked = Some(tx);
+        let probing = self.probe.as_ref().is_some_and(|p| p.probed);
+        self.flush(probing);
+        Ok(())
+    }
+}
+
+impl Handler<Data> for EngineSession {
+    type Result = Result<(), engine::HttpError>;
+
+    fn handle(&mut self, Data(body): Data, ctx: &mut Self::Context) -> Self::Result {
+        if !matches!(self.transport, Transport::Polling) {
+            return Err(engine::HttpError::BadRequest);
+        }
+        for p in engine::decode_payload(&body) {
+            if self.closed.is_some() {
+                break;
+            }
+            match p {
+                Ok(p) => self.on_packet(ctx, p),
+                Err(e) => {
+                    tracing::debug!(sid = %self.sid, error = %e, "bad polling payload");
+                    self.close(ctx, CloseReason::ProtocolError);
+                    return Err(engine::HttpError::BadRequest);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handler<Kill> for EngineSession {
+    type Result = ();
+
+    fn handle(&mut self, Kill(reason): Kill, ctx: &mut Self::Context) {
+        self.close(ctx, reason);
+    }
+}
+
+impl Handler<AttachProbe> for EngineSession {
+    type Result = Result<u64, engine::HttpError>;
+
+    fn handle(&mut self, msg: AttachProbe, ctx: &mut Self::Context) -> Self::Result {
+        if !matches!(self.transport, Transport::Polling) || self.probe.is_some() {
+            return Err(engine::HttpError::BadRequest);
+        }
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        self.probe = Some(Probe {
+            link: WsLink {
+                gen,
+                tx: msg.tx,
+                kill: msg.kill,
+            },
+            probed: false,
+        });
+        ctx.run_later(UPGRADE_TIMEOUT, move |act, _| {
+            if act.probe.as_ref().is_some_and(|p| p.link.gen == gen) {
+                act.drop_probe();
+            }
+        });
+        Ok(gen)
+    }
+}
+
+impl EngineSession {
+    fn drop_probe(&mut self) {
+        if let Some(p) = self.probe.take() {
+            let _ = p.link.tx.try_send(WsOut::Close(CloseReason::ProtocolError));
+        }
+    }
+
+    /// A frame on the probing WebSocket: `2probe`, then `5` completes the upgrade.
+    fn on_probe_frame(&mut self, ctx: &mut Context<Self>, frame: WsFrame) {
+        let text = match &frame {
+            WsFrame::Text(t) => engine::decode_text(t).ok(),
+            WsFrame::Binary(_) => None,
+        };
+        match text {
+            Some(ClientPacket::Ping("probe")) => {
+                let Some(p) = self.probe.as_mut() else {
+                    return;
+                };
+                let pong = ByteString::from_static(engine::PONG_PROBE);
+                if p.link.tx.try_send(WsOut::Text(pong)).is_err() {
+                    return self.drop_probe();
+                }
+                p.probed = true;
+                // Release the pending GET so the client can pause polling.
+                self.flush(true);
+            }
+            Some(ClientPacket::Upgrade) if self.probe.as_ref().is_some_and(|p| p.probed) => {
+                let Some(p) = self.probe.take() else {
+                    return;
+                };
+                self.flush(true);
+                self.parked = None;
+                self.transport = Transport::WebSocket(p.link);
+                let pending: Vec<ByteString> = self.pending.drain(..).collect();
+                for f in pending {
+                    self.write(ctx, f);
+                }
+            }
+            _ => self.drop_probe(),
+        }
+    }
+}
+
+impl Handler<WsIn> for EngineSession {
+    type Result = ();
+
+    fn handle(&mut self, WsIn { gen, frame }: WsIn, ctx: &mut Self::Context) {
+        if self.probe.as_ref().is_some_and(|p| p.link.gen == gen) {
+            return self.on_probe_frame(ctx, frame);
+        }
+        let active = matches!(&self.transport, Transport::WebSocket(l) if l.gen == gen);
+        if !active || self.closed.is_some() {
+            return;
+        }
+        match frame {
+            WsFrame::Text(t) => match engine::decode_text(&t) {
+                Ok(p) => self.on_packet(ctx, p),
+                Err(_) => self.close(ctx, CloseReason::ProtocolError),
+            },
+            WsFrame::Binary(b) => self.on_binary(ctx, b.len()),
+        }
+    }
+}
+
+impl Handler<WsGone> for EngineSession {
+    type Result = ();
+
+    fn handle(&mut self, WsGone { gen, reason }: WsGone, ctx: &mut Self::Context) {
+        if self.probe.as_ref().is_some_and(|p| p.link.gen == gen) {
+            self.probe = None;
+            return;
+        }
+        if matches!(&self.transport, Transport::WebSocket(l) if l.gen == gen) {
+            self.close(ctx, reason);
+        }
+    }
+}
+
+impl Handler<Flush> for EngineSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, _ctx: &mut Self::Context) {
+        self.flush(false);
+    }
+}
+
+impl StreamHandler<Outbound> for EngineSession {
+    fn handle(&mut self, Outbound(p): Outbound, ctx: &mut Self::Context) {
+        chat::push(self, ctx, p);
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl StreamHandler<ShutdownSignal> for EngineSession {
+    fn handle(&mut self, _: ShutdownSignal, ctx: &mut Self::Context) {
+        self.close(ctx, CloseReason::Shutdown);
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
