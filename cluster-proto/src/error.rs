@@ -43,6 +43,19 @@ impl ErrorCode {
         ErrorCode::Internal,
     ];
 
+    /// True for failures of the server or its dependencies (a store that is down, a room
+    /// that restarted, a deadline, a bug), as opposed to a request the client should not have
+    /// sent. A client retrying through an outage must not be treated as a flood.
+    pub fn is_server_side(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::StoreUnavailable
+                | ErrorCode::RoomUnavailable
+                | ErrorCode::Timeout
+                | ErrorCode::Internal
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadJson => "bad_json",
@@ -90,6 +103,24 @@ impl ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_failures_of_the_server_are_server_side() {
+        let server: Vec<&str> = ErrorCode::ALL
+            .iter()
+            .filter(|c| c.is_server_side())
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(
+            server,
+            [
+                "store_unavailable",
+                "room_unavailable",
+                "timeout",
+                "internal"
+            ]
+        );
+    }
 
     #[test]
     fn codes_are_unique_snake_case() {

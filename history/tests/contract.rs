@@ -1,7 +1,9 @@
 //! The history-store contract suite: the same cases (`contract/cases.rs`) run against the
 //! embedded store, always, and against the CQL store when `PARLEY_TEST_CQL=host:port` names a
 //! running server (e.g. `scripts/cassandra.sh start`). With the variable set, an unreachable
-//! server fails the tests; without it the `cql::` tests pass without doing anything and say so.
+//! server fails the tests. Without it the `cql::` tests say that they did not run and return,
+//! except under CI (`CI` set), where they fail: a CI run must never report untested CQL cases
+//! as passed.
 //!
 //! ```sh
 //! scripts/cassandra.sh start
@@ -33,12 +35,29 @@ macro_rules! contract {
                 async fn $case() {
                     match super::Backend::cql().await {
                         Some(b) => super::cases::$case(&b).await,
-                        None => eprintln!("PARLEY_TEST_CQL not set: CQL case not run"),
+                        None => super::not_run(stringify!($case)),
                     }
                 }
             )*
         }
     };
+}
+
+/// A CQL case found no `PARLEY_TEST_CQL`: says so, and fails under CI.
+fn not_run(case: &str) {
+    let ci = std::env::var("CI").unwrap_or_default();
+    if !ci.is_empty() && ci != "0" && !ci.eq_ignore_ascii_case("false") {
+        panic!(
+            "cql::{case}: CI is set but PARLEY_TEST_CQL is not, so this CQL case would test \
+             nothing (scripts/test-all starts Cassandra and sets it)"
+        );
+    }
+    // Straight to the process's stderr: libtest would capture `eprintln!` of a passing test.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("cql::{case}: PARLEY_TEST_CQL not set: CQL case NOT RUN (nothing was tested)\n")
+            .as_bytes(),
+    );
 }
 
 contract!(
@@ -67,7 +86,7 @@ mod cql_only {
         match Backend::cql().await {
             Some(Backend::Cql { cfg }) => Some(*cfg),
             _ => {
-                eprintln!("PARLEY_TEST_CQL not set: CQL case not run");
+                super::not_run("cql_only");
                 None
             }
         }
@@ -269,6 +288,15 @@ mod cql_only {
         .validate()
         .is_err());
         assert!(serde_json::from_str::<ScyllaConfig>(r#"{"contact_pionts":[]}"#).is_err());
+        // It serializes back to the same settings (`parley default-config` prints it).
+        let text = serde_json::to_string(&cfg).unwrap();
+        assert!(text.contains(r#""request_timeout":"750ms""#), "{text}");
+        assert!(
+            text.contains(r#""class":"NetworkTopologyStrategy""#),
+            "{text}"
+        );
+        let back: ScyllaConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, cfg);
     }
 
     #[allow(dead_code)]

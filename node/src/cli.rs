@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use figment::providers::Serialized;
 use figment::Figment;
 
+use crate::config::HistoryBackend;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "parley",
@@ -23,6 +25,10 @@ pub struct Cli {
     /// Data directory of the embedded store (PARLEY_DATA_DIR).
     #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
+    /// History store: `embedded` (default) or `scylla`, configured by the `[scylla]` section,
+    /// `PARLEY_SCYLLA__*` or `--set scylla.KEY=VALUE` (PARLEY_HISTORY).
+    #[arg(long, value_enum, global = true)]
+    pub history: Option<HistoryBackend>,
     /// HS256 secret for client tokens (PARLEY_JWT_SECRET).
     #[arg(long, global = true)]
     pub jwt_secret: Option<String>,
@@ -57,6 +63,9 @@ pub enum Command {
     CheckConfig,
     /// Print the default configuration as TOML.
     DefaultConfig,
+    /// Create or migrate the ScyllaDB/Cassandra schema of the `[scylla]` section, print what
+    /// was done and exit. Idempotent; safe while nodes are serving.
+    Migrate,
     /// Print a client token signed with the configured HS256 secret.
     Token {
         /// User id (`sub`).
@@ -84,6 +93,7 @@ impl Cli {
         }
         flag!(listen);
         flag!(data_dir);
+        flag!(history);
         flag!(jwt_secret);
         flag!(node_name);
         flag!(rate_limit_per_sec);

@@ -2,23 +2,34 @@
 //! (`--config` / `PARLEY_CONFIG`), `PARLEY_*` environment variables and command-line flags, in
 //! that order (later wins). Every field has a unit in its name or a typed value, and a default
 //! that runs a working development node.
+//!
+//! Environment variables: `PARLEY_<KEY>` sets a top-level key (`PARLEY_DATA_DIR`), and `__`
+//! descends into a section (`PARLEY_SCYLLA__CONTACT_POINTS='["10.0.0.5:9042"]'`,
+//! `PARLEY_SCYLLA__RETRY__MAX_ATTEMPTS=6`). Only variables whose first part names a setting are
+//! read: `PARLEY_` is also the prefix of the scripts' and tests' own variables
+//! (`PARLEY_TEST_CQL`, `PARLEY_CACHE_DIR`...), which must not make the node refuse to start.
+//! [`ignored_env_vars`] lists the ones skipped, and the node logs them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
 use figment::Figment;
+use history::scylla::ScyllaConfig;
 use serde::{Deserialize, Serialize};
 
 /// The development secret used when none is configured (with a loud warning).
 pub const DEV_JWT_SECRET: &str = "parley-dev-secret-not-for-production";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum HistoryBackend {
     /// fjall in `data_dir/history` (default; nothing to install).
     Embedded,
+    /// ScyllaDB or Cassandra, configured by the `[scylla]` section (see `docs/storage.md`).
+    Scylla,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,8 +55,14 @@ pub struct Config {
     pub node_name: String,
     /// Where the embedded store keeps its files. Default `./data`.
     pub data_dir: PathBuf,
-    /// History store. Default `embedded`.
+    /// History store: `embedded` or `scylla`. Default `embedded`.
     pub history: HistoryBackend,
+    /// With `history = "scylla"`: how long the node keeps trying to reach the cluster at boot
+    /// (each failure is logged) before it exits with an error. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub history_connect_timeout: Duration,
+    /// The ScyllaDB / Cassandra store (`history = "scylla"`, and `parley migrate`).
+    pub scylla: ScyllaConfig,
 
     /// HS256 secret for client JWTs. Unset: a development secret, with a warning.
     pub jwt_secret: Option<String>,
@@ -140,6 +157,8 @@ impl Default for Config {
             node_name: "parley-1".into(),
             data_dir: PathBuf::from("./data"),
             history: HistoryBackend::Embedded,
+            history_connect_timeout: Duration::from_secs(30),
+            scylla: ScyllaConfig::default(),
             jwt_secret: None,
             jwt_public_key_file: None,
             jwt_public_key_algorithm: JwtAlgorithm::RS256,
@@ -191,7 +210,7 @@ pub enum ConfigError {
 impl Config {
     /// Layers defaults, `file`, `PARLEY_*` and `overrides` (flags), then validates.
     pub fn load(file: Option<&Path>, overrides: Figment) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let mut fig = Figment::from(defaults());
         if let Some(f) = file {
             if !f.exists() {
                 return Err(ConfigError::Invalid(format!(
@@ -201,12 +220,19 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
-        let fig = fig
-            .merge(Env::prefixed("PARLEY_").ignore(&["config"]))
-            .merge(overrides);
+        let fig = fig.merge(env_provider()).merge(overrides);
         let cfg: Config = fig.extract().map_err(Box::new)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The configuration with secrets replaced, for printing (`check-config`).
+    pub fn redacted(&self) -> Config {
+        let hide = |s: &Option<String>| s.as_ref().map(|_| "<redacted>".to_string());
+        let mut cfg = self.clone();
+        cfg.jwt_secret = hide(&cfg.jwt_secret);
+        cfg.scylla.password = hide(&cfg.scylla.password);
+        cfg
     }
 
     /// Checks what types alone cannot.
@@ -241,6 +267,12 @@ impl Config {
         if self.allowed_origins.is_empty() {
             return bad("allowed_origins must not be empty (use [\"*\"] to allow any)");
         }
+        if self.history == HistoryBackend::Scylla && self.history_connect_timeout.is_zero() {
+            return bad("history_connect_timeout must be > 0");
+        }
+        self.scylla
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("[scylla]: {e}")))?;
         Ok(())
     }
 
@@ -267,12 +299,72 @@ impl Config {
     }
 }
 
+/// The defaults layer. Figment merges layers key by key, which is wrong for an internally
+/// tagged enum: a file that sets `scylla.replication` to NetworkTopologyStrategy would inherit
+/// SimpleStrategy's `replication_factor` and be refused. So `scylla.replication` is left out of
+/// this layer, and serde's `#[serde(default)]` supplies it when no layer sets it.
+fn defaults() -> Serialized<Dict> {
+    let mut dict = match Value::serialize(Config::default()) {
+        Ok(Value::Dict(_, d)) => d,
+        _ => Dict::new(),
+    };
+    if let Some(Value::Dict(_, scylla)) = dict.get_mut("scylla") {
+        scylla.remove("replication");
+    }
+    Serialized::defaults(dict)
+}
+
+/// The top-level keys of [`Config`] (every field, including unset options).
+fn setting_names() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `PARLEY_*` variables naming a setting (`PARLEY_CONFIG` is the file, read by the flags).
+fn env_provider() -> Env {
+    let names = setting_names();
+    Env::prefixed("PARLEY_")
+        .split("__")
+        .filter(move |key| is_setting(&names, key.as_str()))
+}
+
+fn is_setting(names: &[String], key: &str) -> bool {
+    let top = key.split('.').next().unwrap_or_default();
+    !top.eq_ignore_ascii_case("config") && names.iter().any(|n| n.eq_ignore_ascii_case(top))
+}
+
+/// The `PARLEY_*` variables in the environment that are not settings and were not read.
+pub fn ignored_env_vars() -> Vec<String> {
+    let names = setting_names();
+    let mut out: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| {
+            k.strip_prefix("PARLEY_").is_some_and(|rest| {
+                let key = rest.replace("__", ".");
+                !key.eq_ignore_ascii_case("config") && !is_setting(&names, &key)
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `Config::load` reads the process environment, which one test changes: every test that
+    /// loads holds this lock.
+    fn env_lock() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     #[test]
     fn default_config_round_trips_through_toml() {
+        let _env = env_lock();
         let text = toml::to_string_pretty(&Config::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("parley.toml");
@@ -284,6 +376,7 @@ mod tests {
 
     #[test]
     fn layers_file_then_flags() {
+        let _env = env_lock();
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("p.toml");
         std::fs::write(
@@ -299,6 +392,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_keys_and_bad_values() {
+        let _env = env_lock();
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("p.toml");
         std::fs::write(&f, "no_such_key = 1\n").unwrap();
@@ -308,5 +402,147 @@ mod tests {
         let flags = Figment::from(Serialized::global("client_timeout", "1s"));
         assert!(Config::load(None, flags).is_err());
         assert!(Config::load(Some(&dir.path().join("missing.toml")), Figment::new()).is_err());
+    }
+
+    #[test]
+    fn default_config_prints_the_scylla_section() {
+        let _env = env_lock();
+        let text = toml::to_string_pretty(&Config::default()).unwrap();
+        for line in [
+            "history = \"embedded\"",
+            "history_connect_timeout = \"30s\"",
+            "[scylla]",
+            "contact_points = [\"127.0.0.1:9042\"]",
+            "consistency = \"LOCAL_QUORUM\"",
+            "request_timeout = \"2s\"",
+            "dedupe_ttl = \"1day\"",
+            "[scylla.replication]",
+            "class = \"SimpleStrategy\"",
+            "[scylla.retry]",
+            "base_delay = \"25ms\"",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("parley.toml");
+        std::fs::write(&f, &text).unwrap();
+        let cfg = Config::load(Some(&f), Figment::new()).unwrap();
+        assert_eq!(cfg.scylla, ScyllaConfig::default());
+        assert_eq!(cfg.history, HistoryBackend::Embedded);
+    }
+
+    #[test]
+    fn scylla_section_from_file_and_flags() {
+        let _env = env_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        std::fs::write(
+            &f,
+            r#"
+history = "scylla"
+history_connect_timeout = "5s"
+[scylla]
+contact_points = ["10.0.0.5:9042", "10.0.0.6:9042"]
+consistency = "QUORUM"
+request_timeout = "750ms"
+username = "parley"
+password = "hunter22"
+replication = { class = "NetworkTopologyStrategy", datacenters = { dc1 = 3 } }
+tls = { ca_file = "/etc/parley/ca.pem" }
+breaker = { failure_threshold = 3 }
+"#,
+        )
+        .unwrap();
+        // Dotted keys, as `--set scylla.keyspace=...` produces them, nest into the section.
+        let flags = Figment::from(Serialized::global("scylla.keyspace", "t_flags"))
+            .merge(Serialized::global("scylla.retry.max_attempts", 9));
+        let cfg = Config::load(Some(&f), flags).unwrap();
+        assert_eq!(cfg.history, HistoryBackend::Scylla);
+        assert_eq!(cfg.history_connect_timeout, Duration::from_secs(5));
+        let s = &cfg.scylla;
+        assert_eq!(s.contact_points, ["10.0.0.5:9042", "10.0.0.6:9042"]);
+        assert_eq!(s.keyspace, "t_flags");
+        assert_eq!(s.consistency, history::scylla::ConsistencyLevel::Quorum);
+        assert_eq!(s.request_timeout, Duration::from_millis(750));
+        assert_eq!(s.retry.max_attempts, 9);
+        assert_eq!(s.breaker.failure_threshold, 3);
+        assert_eq!(
+            s.breaker.cool_down,
+            Duration::from_secs(5),
+            "defaults fill the rest"
+        );
+        assert!(matches!(
+            &s.replication,
+            history::scylla::Replication::NetworkTopologyStrategy { datacenters }
+                if datacenters.get("dc1") == Some(&3)
+        ));
+        assert!(s.tls.is_some());
+        // Secrets are not printed by check-config.
+        let shown = toml::to_string_pretty(&cfg.redacted()).unwrap();
+        assert!(
+            !shown.contains("hunter22") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_scylla_settings() {
+        let _env = env_lock();
+        for (key, value) in [
+            ("scylla.keyspace", toml::Value::from("no-dashes")),
+            ("scylla.contact_points", toml::Value::Array(vec![])),
+            ("scylla.bucket_bits", toml::Value::from(40)),
+            ("scylla.no_such_key", toml::Value::from(1)),
+            ("scylla.consistency", toml::Value::from("SOMETIMES")),
+            ("history", toml::Value::from("postgres")),
+        ] {
+            let flags = Figment::from(Serialized::global(key, value.clone()));
+            assert!(
+                Config::load(None, flags).is_err(),
+                "{key} = {value} was accepted"
+            );
+        }
+    }
+
+    /// The only test that sets `PARLEY_*` variables (under [`env_lock`]).
+    #[test]
+    fn env_vars_nest_with_double_underscores_and_foreign_ones_are_ignored() {
+        let _env = env_lock();
+        let vars = [
+            ("PARLEY_DATA_DIR", "/tmp/parley-env-test"),
+            ("PARLEY_HISTORY_CONNECT_TIMEOUT", "7s"),
+            ("PARLEY_SCYLLA__KEYSPACE", "env_ks"),
+            (
+                "PARLEY_SCYLLA__CONTACT_POINTS",
+                r#"["10.1.1.1:9042", "10.1.1.2:9042"]"#,
+            ),
+            ("PARLEY_SCYLLA__RETRY__MAX_ATTEMPTS", "7"),
+            ("PARLEY_TEST_CQL", "127.0.0.1:9042"),
+            ("PARLEY_CACHE_DIR", "/tmp/elsewhere"),
+        ];
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        let loaded = Config::load(None, Figment::new());
+        let ignored = ignored_env_vars();
+        for (k, _) in vars {
+            std::env::remove_var(k);
+        }
+        let cfg = loaded.expect("foreign PARLEY_ variables do not stop the node");
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/parley-env-test"));
+        assert_eq!(cfg.history_connect_timeout, Duration::from_secs(7));
+        assert_eq!(cfg.scylla.keyspace, "env_ks");
+        assert_eq!(
+            cfg.scylla.contact_points,
+            ["10.1.1.1:9042", "10.1.1.2:9042"]
+        );
+        assert_eq!(cfg.scylla.retry.max_attempts, 7);
+        assert!(
+            ignored.contains(&"PARLEY_TEST_CQL".to_string()),
+            "{ignored:?}"
+        );
+        assert!(ignored.contains(&"PARLEY_CACHE_DIR".to_string()));
+        assert!(!ignored.iter().any(|v| v.starts_with("PARLEY_SCYLLA")));
+        assert!(!ignored.contains(&"PARLEY_DATA_DIR".to_string()));
     }
 }

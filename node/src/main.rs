@@ -30,8 +30,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig => {
             server::authenticator(&cfg)?;
-            println!("configuration ok:\n{}", toml::to_string_pretty(&cfg)?);
+            for var in parley_node::config::ignored_env_vars() {
+                eprintln!("note: {var} is not a setting; ignored");
+            }
+            println!(
+                "configuration ok:\n{}",
+                toml::to_string_pretty(&cfg.redacted())?
+            );
             Ok(())
+        }
+        Command::Migrate => {
+            telemetry::init_logs(&cfg);
+            server::migrate(&cfg)
         }
         Command::Token { user, name, ttl } => {
             let (secret, _) = cfg.effective_jwt_secret();

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
+use history::scylla::{ScyllaConfig, ScyllaError, ScyllaStore};
 use history::{EmbeddedStore, HistoryStore};
 use rooms::{Hub, RestartPolicy, RoomConfig, Rooms, RoomsConfig, UserConfig};
 use sessions::{AuthConfig, Authenticator, Limits, SessionsContext};
@@ -51,6 +52,8 @@ fn rooms_config(cfg: &Config) -> RoomsConfig {
             idle_timeout: cfg.room_idle_timeout,
             typing_ttl: cfg.typing_ttl,
             dedupe_window: cfg.dedupe_window,
+            // A join must be answered (without history if need be) before the caller's deadline.
+            join_history_wait: (cfg.call_timeout / 2).min(Duration::from_secs(2)),
             ..RoomConfig::default()
         },
         user: UserConfig {
@@ -111,9 +114,107 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn HistoryStore>> {
             let dir = cfg.data_dir.join("history");
             let store = EmbeddedStore::open(&dir)
                 .with_context(|| format!("opening the embedded store in {}", dir.display()))?;
+            info!(dir = %dir.display(), "embedded history store open");
+            Ok(store)
+        }
+        HistoryBackend::Scylla => {
+            let store = connect_scylla(&cfg.scylla, cfg.history_connect_timeout).await?;
+            info!(
+                contact_points = ?cfg.scylla.contact_points,
+                keyspace = %cfg.scylla.keyspace,
+                bucket_bits = store.bucket_bits(),
+                "scylla history store connected"
+            );
             Ok(store)
         }
     }
+}
+
+/// Whether connecting again may help: the cluster may be starting, restarting or unreachable
+/// for a moment. Configuration, TLS and schema-version problems will not fix themselves.
+fn worth_retrying(e: &ScyllaError) -> bool {
+    match e {
+        ScyllaError::Prepare { source, .. } => history::scylla::error::prepare_is_transient(source),
+        _ => e.is_transient(),
+    }
+}
+
+/// Connects to the cluster (on the calling runtime: the core runtime, which then runs the
+/// driver's connection tasks and the store's writer), retrying with a capped backoff until
+/// `deadline` has passed; the last attempt starts at the deadline at the latest and is bounded
+/// by the driver's `connect_timeout`. Every failed attempt is logged; the last error is
+/// returned.
+async fn connect_scylla(
+    scfg: &ScyllaConfig,
+    deadline: Duration,
+) -> anyhow::Result<Arc<ScyllaStore>> {
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1u32;
+    loop {
+        // `{e}`, not the error chain: the driver's messages already repeat their causes.
+        let e = match ScyllaStore::connect(scfg).await {
+            Ok(store) => return Ok(store),
+            Err(e) => e,
+        };
+        let where_ = format!("{:?} (keyspace {})", scfg.contact_points, scfg.keyspace);
+        if !worth_retrying(&e) {
+            anyhow::bail!("the scylla history store {where_} refused to start: {e}");
+        }
+        let left = deadline.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            anyhow::bail!(
+                "could not reach the scylla history store {where_} within \
+                 history_connect_timeout ({deadline:?}, {attempt} attempts): {e}"
+            );
+        }
+        let pause = delay.min(left);
+        warn!(attempt, error = %e, retry_in = ?pause, "cannot reach the scylla history store yet");
+        tokio::time::sleep(pause).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+        attempt += 1;
+    }
+}
+
+/// `parley migrate`: creates or migrates the `[scylla]` keyspace and prints the report.
+pub fn migrate(cfg: &Config) -> anyhow::Result<()> {
+    if cfg.history != HistoryBackend::Scylla {
+        eprintln!("note: history = \"embedded\"; migrating the [scylla] keyspace anyway");
+    }
+    // The driver wants a multi-thread runtime for its connection tasks.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("migrate")
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    let report = rt
+        .block_on(history::scylla::migrate(&cfg.scylla))
+        .with_context(|| {
+            format!(
+                "migrating keyspace {} on {:?}",
+                cfg.scylla.keyspace, cfg.scylla.contact_points
+            )
+        })?;
+    let applied = if report.applied.is_empty() {
+        "none (already up to date)".to_string()
+    } else {
+        report
+            .applied
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("keyspace: {}", report.keyspace);
+    println!("schema version: {}", report.version);
+    println!("applied migrations: {applied}");
+    println!(
+        "bucket_bits: {} ({} messages per partition)",
+        report.bucket_bits,
+        1u64 << report.bucket_bits
+    );
+    Ok(())
 }
 
 /// Sets TCP_USER_TIMEOUT and keepalive on an accepted client socket, so that a peer that stops
@@ -143,8 +244,10 @@ fn tune_socket(
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     info!(node = %cfg.node_name, "starting parley {}", env!("CARGO_PKG_VERSION"));
     let prometheus = crate::telemetry::init_metrics()?;
+    for var in crate::config::ignored_env_vars() {
+        info!(%var, "not a setting; ignored");
+    }
     let store = open_store(&cfg).await?;
-    info!(store = store.name(), data_dir = %cfg.data_dir.display(), "history store open");
     let hub = Arc::new(Hub::default());
     let rooms = Rooms::start(rooms_config(&cfg), store.clone(), hub).await?;
     info!("room and user supervisors started");
@@ -176,6 +279,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .app_data(sessions.clone())
             .app_data(state.clone())
             .route("/ws", web::get().to(sessions::ws_endpoint))
+            .route("/socket.io/", web::route().to(sessions::socketio_endpoint))
+            .route("/socket.io", web::route().to(sessions::socketio_endpoint))
             .route("/healthz", web::get().to(http::healthz))
             .route("/readyz", web::get().to(http::readyz))
             .route("/metrics", web::get().to(http::metrics));

@@ -251,7 +251,9 @@ impl Rooms {
             })
             .await;
         if r.is_err() {
-            self.hub.unsubscribe(room, session);
+            // Also tell the room: it may have taken the session as a member before failing
+            // to answer in time.
+            self.leave(session, room);
         }
         r
     }

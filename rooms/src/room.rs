@@ -12,12 +12,35 @@
 //! (relayed, never stored, expired after [`RoomConfig::typing_ttl`]) and read receipts also live
 //! here. The room never holds sockets: it pushes through the node's [`Hub`].
 //!
-//! Lifecycle: started on first use by the room supervisor, state loaded from the store in
-//! `post_start` (without blocking the supervisor), stopped after [`RoomConfig::idle_timeout`]
-//! with no members and nothing in flight. After a crash the supervisor starts it again with
-//! `restarted = true`: it reloads, rebuilds its members from the hub and pushes `resync`.
-
-use std::collections::{BTreeMap, HashMap, VecDeque};
+//! Lifecycle: started on first use by the room supervisor, stopped after
+//! [`RoomConfig::idle_timeout`] with no members and nothing in flight. After a crash the
+//! supervisor starts it again with `restarted = true`: it reloads, rebuilds its members from
+//! the hub and pushes `resync`.
+//!
+//! ## Loading, and a store that is down
+//!
+//! Members come from the hub and from joins, never from the store, so presence and typing work
+//! whatever the store does. What needs the store is the room's *history state*: the last
+//! stored seq, recent messages, dedupe ids and receipts. It is read by a background task
+//! ([`RoomMsg::Loaded`]) so that the room's mailbox never waits on the store:
+//!
+//! * **Joins** to a room whose history is loaded are answered from memory. Before the first
+//!   successful load, a join waits for the running load at most
+//!   [`RoomConfig::join_history_wait`]; if the load fails or takes longer, the session joins
+//!   anyway without history (`history_unavailable`, see `cluster_proto::api::JoinReply`) and
+//!   is pushed `resync` once the history loads, so that it fetches what it missed.
+//! * **Sends** need to know the last stored seq: a room never assigns a seq before it has read
+//!   it (the gap-free rule). Sends to a room that is not loaded, or whose seq is in doubt, wait
+//!   for a load that they start themselves, at most `join_history_wait`, and otherwise fail
+//!   with `store_unavailable` (nothing was stored). The seq is in doubt ("stale") after any
+//!   failed write: the CQL store may have committed a write whose acknowledgement was lost, so
+//!   the room rereads the last seq before its next send, and pushes `resync` to everyone if
+//!   it moved.
+//! * **markRead** needs a loaded room (it clamps to the last durable seq), like a join.
+//! * While the room has members and is not loaded (or stale), it retries the load in the
+//!   background with a capped exponential backoff, so it recovers when the store returns even
+//!   if nobody sends.
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +48,7 @@ use cluster_proto::api::{JoinReply, SendRequest};
 use cluster_proto::{
     ApiError, ChatMessage, ErrorCode, Member, Push, PushKind, RoomId, SessionId, UserId,
 };
-use history::{HistoryStore, StoreError, WriteOp};
+use history::{HistoryStore, Receipt, StoreError, WriteOp};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
@@ -46,6 +69,15 @@ pub struct RoomConfig {
     pub max_listed_members: usize,
     /// Most read receipts loaded per room. Default 10 000.
     pub max_receipts: usize,
+    /// How long a join, send or markRead waits for the room's history to load before it is
+    /// answered without history (join) or with `store_unavailable` (send, markRead). Keep it
+    /// below the callers' deadline (`call_timeout`). Default 2 s.
+    pub join_history_wait: Duration,
+    /// First delay of the background load retries of a room that has members but could not
+    /// load; doubles up to [`RoomConfig::load_retry_max`]. Default 500 ms.
+    pub load_retry_min: Duration,
+    /// Longest delay between background load retries. Default 10 s.
+    pub load_retry_max: Duration,
 }
 
 impl Default for RoomConfig {
@@ -57,6 +89,9 @@ impl Default for RoomConfig {
             dedupe_window: 1000,
             max_listed_members: 1000,
             max_receipts: 10_000,
+            join_history_wait: Duration::from_secs(2),
+            load_retry_min: Duration::from_millis(500),
+            load_retry_max: Duration::from_secs(10),
         }
     }
 }
@@ -102,6 +137,13 @@ pub enum RoomMsg {
         seq: u64,
         result: Result<(), StoreError>,
     },
+    /// Internal: the background load of the room's history finished.
+    Loaded(Box<Result<Snapshot, StoreError>>),
+    /// Internal: requests waiting for a load have waited long enough (the number guards
+    /// against stale timers).
+    LoadWaitExpired(u64),
+    /// Internal: retry loading in the background.
+    RetryLoad,
     /// Internal: the store finished a receipt write.
     ReceiptPersisted {
         session: SessionId,
@@ -127,6 +169,35 @@ pub struct RoomArgs {
     pub restarted: bool,
 }
 
+/// The room's history state as read from the store by a load.
+pub struct Snapshot {
+    last_seq: u64,
+    latest: Vec<ChatMessage>,
+    receipts: Vec<Receipt>,
+}
+
+/// A request that needs the room's history and arrived before it was loaded (or while its
+/// seq was in doubt). Answered, in arrival order, when the load ends or the wait expires.
+enum Waiting {
+    Join {
+        session: SessionId,
+        member: Member,
+        reply: Reply<JoinReply>,
+    },
+    Send {
+        session: SessionId,
+        member: Member,
+        req: SendRequest,
+        reply: Reply<Arc<ChatMessage>>,
+    },
+    MarkRead {
+        session: SessionId,
+        member: Member,
+        up_to_seq: u64,
+        reply: Reply<u64>,
+    },
+}
+
 struct PendingSend {
     msg: Arc<ChatMessage>,
     waiters: Vec<Reply<Arc<ChatMessage>>>,
@@ -149,7 +220,28 @@ pub struct RoomState {
     room: RoomId,
     deps: Arc<RoomDeps>,
     restarted: bool,
+    /// The history state (seq, recent messages, dedupe ids, receipts) was loaded at least once.
     loaded: bool,
+    /// A write failed since the last load: the store's last seq may be above `durable` (a
+    /// commit whose ack was lost). Sends wait for a reload.
+    stale: bool,
+    /// A load task is running.
+    loading: bool,
+    /// Requests waiting for the running load, in arrival order.
+    waiting: VecDeque<Waiting>,
+    /// Guards `LoadWaitExpired` timers.
+    wait_gen: u64,
+    /// A `RetryLoad` is scheduled.
+    retry_scheduled: bool,
+    /// Delay of the next background retry.
+    retry_delay: Duration,
+    /// Sessions answered without history; pushed `resync` once the history loads.
+    degraded: HashSet<SessionId>,
+    /// Loads failed in a row (for the logs).
+    load_failures: u32,
+    /// The lowest seq whose write was reported failed since the last load: if the store has
+    /// it after all, its message was never pushed.
+    lowest_failed: Option<u64>,
     last_assigned: u64,
     durable: u64,
     last_timestamp: i64,
@@ -222,21 +314,131 @@ impl RoomState {
         &self.deps.cfg
     }
 
-    /// Loads seq, recent messages, dedupe ids and receipts; rebuilds members from the hub.
-    async fn load(&mut self) -> Result<(), StoreError> {
+    /// Adds the hub's sessions of this room: members never depend on the store.
+    fn rebuild_members(&mut self) {
+        for lm in self.deps.hub.members_of(&self.room) {
+            self.add_session(lm.session, &lm.member);
+        }
+    }
+
+    /// True when a send may be given a seq now.
+    fn seq_known(&self) -> bool {
+        self.loaded && !self.stale && !self.loading
+    }
+
+    /// Starts reading the room's history state in the background, unless a load is running.
+    fn start_load(&mut self, myself: &ActorRef<RoomMsg>) {
+        if self.loading {
+            return;
+        }
+        self.loading = true;
         let store = self.deps.store.clone();
-        let meta = store.room_meta(&self.room).await?;
+        let room = self.room.clone();
         let want = self.cfg().history_on_join.max(self.cfg().dedupe_window);
-        let latest = store.latest(&self.room, want).await?;
-        let receipts = store.receipts(&self.room, self.cfg().max_receipts).await?;
-        self.last_assigned = meta.last_seq;
-        self.durable = meta.last_seq;
-        self.last_timestamp = latest.last().map(|m| m.timestamp).unwrap_or(0);
+        let max_receipts = self.cfg().max_receipts;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let meta = store.room_meta(&room).await?;
+                let latest = store.latest(&room, want).await?;
+                let receipts = store.receipts(&room, max_receipts).await?;
+                Ok(Snapshot {
+                    last_seq: meta.last_seq,
+                    latest,
+                    receipts,
+                })
+            }
+            .await;
+            // The room may have stopped meanwhile; then nobody needs the result.
+            let _ = me.cast(RoomMsg::Loaded(Box::new(result)));
+        });
+    }
+
+    /// Queues a request until the load ends (starting one if needed), at most
+    /// `join_history_wait`.
+    fn wait_for_load(&mut self, myself: &ActorRef<RoomMsg>, w: Waiting) {
+        if self.waiting.is_empty() {
+            self.wait_gen += 1;
+            let gen = self.wait_gen;
+            myself.send_after(self.cfg().join_history_wait, move || {
+                RoomMsg::LoadWaitExpired(gen)
+            });
+        }
+        self.waiting.push_back(w);
+        self.start_load(myself);
+    }
+
+    fn on_loaded(&mut self, myself: &ActorRef<RoomMsg>, result: Result<Snapshot, StoreError>) {
+        self.loading = false;
+        match result {
+            Ok(snap) => {
+                metrics::counter!("parley_room_loads_total", "result" => "ok").increment(1);
+                if self.load_failures > 0 {
+                    tracing::info!(room = %self.room, failures = self.load_failures, "room history loaded");
+                    self.load_failures = 0;
+                }
+                self.apply_snapshot(snap);
+                // Answer the waiting requests in arrival order, now against loaded state.
+                for w in std::mem::take(&mut self.waiting) {
+                    match w {
+                        Waiting::Join { member, reply, .. } => {
+                            let _ = reply.send(Ok(self.join_reply(&member, false)));
+                        }
+                        Waiting::Send {
+                            session,
+                            member,
+                            req,
+                            reply,
+                        } => self.send(myself, session, member, req, reply),
+                        Waiting::MarkRead {
+                            session,
+                            member,
+                            up_to_seq,
+                            reply,
+                        } => self.mark_read(myself, session, member, up_to_seq, reply),
+                    }
+                }
+            }
+            Err(e) => {
+                metrics::counter!("parley_room_loads_total", "result" => "error").increment(1);
+                // Once per outage at warn level: a down store fails every load of every room.
+                if self.load_failures == 0 {
+                    tracing::warn!(room = %self.room, error = %e, "room history load failed; will retry");
+                } else {
+                    tracing::debug!(room = %self.room, error = %e, failures = self.load_failures, "room history load failed again");
+                }
+                self.load_failures += 1;
+                self.fail_waiting(&store_error(&e));
+                self.schedule_retry(myself);
+            }
+        }
+        self.schedule_idle_check(myself);
+    }
+
+    /// Takes the store's view of the room. Only called with nothing in flight (sends wait
+    /// while a load runs), so `durable` and `last_assigned` can simply be replaced.
+    fn apply_snapshot(&mut self, snap: Snapshot) {
+        let was_loaded = self.loaded;
+        let previous = self.durable;
+        if was_loaded && snap.last_seq < previous {
+            tracing::error!(
+                room = %self.room,
+                store = snap.last_seq,
+                acknowledged = previous,
+                "the store's last seq is below an acknowledged one; following the store"
+            );
+        }
+        let snap_last_seq = snap.last_seq;
+        self.last_assigned = snap.last_seq;
+        self.durable = snap.last_seq;
+        self.last_timestamp = self
+            .last_timestamp
+            .max(snap.latest.last().map(|m| m.timestamp).unwrap_or(0));
         self.recent.clear();
         self.dedupe.clear();
         self.dedupe_order.clear();
-        let keep_from = latest.len().saturating_sub(self.cfg().history_on_join);
-        for (i, m) in latest.into_iter().enumerate() {
+        let keep_from = snap.latest.len().saturating_sub(self.cfg().history_on_join);
+        for (i, m) in snap.latest.into_iter().enumerate() {
             if let Some(c) = &m.client_msg_id {
                 self.remember_client_id(m.user_id.clone(), c.clone(), m.seq);
             }
@@ -244,32 +446,108 @@ impl RoomState {
                 self.recent.push_back(Arc::new(m));
             }
         }
-        self.receipts = receipts.into_iter().map(|r| (r.user, r.seq)).collect();
-        for lm in self.deps.hub.members_of(&self.room) {
-            self.add_session(lm.session, &lm.member);
+        // A receipt acknowledged while the load was reading must not go back.
+        for r in snap.receipts {
+            let e = self.receipts.entry(r.user).or_insert(0);
+            *e = (*e).max(r.seq);
         }
         self.loaded = true;
-        if self.restarted {
-            // Pushes may have been lost with the crashed incarnation.
-            let push = Push::new(
-                PushKind::Resync,
-                Some(self.room.clone()),
-                None,
-                &ResyncEvent {
-                    room_id: &self.room,
-                    last_seq: self.durable,
-                },
-            );
+        self.stale = false;
+        self.retry_delay = self.cfg().load_retry_min;
+        let degraded = std::mem::take(&mut self.degraded);
+        // Messages may have been stored without being pushed: by a crashed incarnation, or a
+        // commit whose ack was lost (a seq reported failed is in the store after all; a later
+        // write may even have succeeded on top of it). Everyone resumes.
+        let lost_ack = self
+            .lowest_failed
+            .take()
+            .is_some_and(|l| l <= snap_last_seq);
+        if self.restarted || lost_ack || (was_loaded && self.durable != previous) {
+            self.restarted = false;
+            let push = self.resync_push();
             self.deps.hub.deliver(&self.room, &push, None);
+        } else if !degraded.is_empty() {
+            // Sessions that joined without history fetch it now.
+            let push = self.resync_push();
+            for s in degraded {
+                if self.sessions.contains_key(&s) {
+                    self.deps.hub.deliver_to(s, &push);
+                }
+            }
         }
-        Ok(())
     }
 
-    async fn ensure_loaded(&mut self) -> Result<(), ApiError> {
-        if self.loaded {
-            return Ok(());
+    fn resync_push(&self) -> Arc<Push> {
+        Push::new(
+            PushKind::Resync,
+            Some(self.room.clone()),
+            None,
+            &ResyncEvent {
+                room_id: &self.room,
+                last_seq: self.durable,
+            },
+        )
+    }
+
+    /// Answers every waiting request without history: joins succeed degraded, sends and
+    /// receipts fail with `err` (nothing was written).
+    fn fail_waiting(&mut self, err: &ApiError) {
+        for w in std::mem::take(&mut self.waiting) {
+            match w {
+                Waiting::Join {
+                    session,
+                    member,
+                    reply,
+                } => {
+                    // A join that waited for a reload of a loaded room is not degraded.
+                    let degraded = !self.loaded;
+                    if degraded && self.sessions.contains_key(&session) {
+                        self.degraded.insert(session);
+                        metrics::counter!("parley_degraded_joins_total").increment(1);
+                    }
+                    let _ = reply.send(Ok(self.join_reply(&member, degraded)));
+                }
+                Waiting::Send { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                Waiting::MarkRead { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
         }
-        self.load().await.map_err(|e| store_error(&e))
+    }
+
+    fn load_wait_expired(&mut self, gen: u64) {
+        if gen != self.wait_gen || self.waiting.is_empty() {
+            return;
+        }
+        let err = ApiError::new(
+            ErrorCode::StoreUnavailable,
+            format!(
+                "message history unavailable: the store did not answer within {:?}",
+                self.cfg().join_history_wait
+            ),
+        );
+        // The load goes on; whoever comes next gets its result.
+        self.fail_waiting(&err);
+    }
+
+    /// Schedules a background load while members are waiting for history or a known seq.
+    fn schedule_retry(&mut self, myself: &ActorRef<RoomMsg>) {
+        if self.retry_scheduled || self.members.is_empty() || (self.loaded && !self.stale) {
+            return;
+        }
+        self.retry_scheduled = true;
+        let delay = self.retry_delay;
+        self.retry_delay = (delay * 2).min(self.cfg().load_retry_max);
+        myself.send_after(delay, || RoomMsg::RetryLoad);
+    }
+
+    fn retry_load(&mut self, myself: &ActorRef<RoomMsg>) {
+        self.retry_scheduled = false;
+        if (!self.loaded || self.stale) && !self.members.is_empty() {
+            self.start_load(myself);
+        }
     }
 
     fn fan_out(&self, push: &Arc<Push>, except: Option<SessionId>) {
@@ -321,12 +599,35 @@ impl RoomState {
         )
     }
 
-    fn join(&mut self, session: SessionId, member: Member) -> JoinReply {
+    /// A join: the session is a member at once (presence and typing need no store); the
+    /// reply carries the history, waiting for the first load if there is none yet.
+    fn join(
+        &mut self,
+        myself: &ActorRef<RoomMsg>,
+        session: SessionId,
+        member: Member,
+        reply: Reply<JoinReply>,
+    ) {
         if self.add_session(session, &member) {
             let p = self.presence_push(PushKind::UserJoined, &member.user_id, &member.username);
             self.fan_out(&p, Some(session));
         }
         self.idle_gen += 1;
+        if self.loaded {
+            let _ = reply.send(Ok(self.join_reply(&member, false)));
+        } else {
+            self.wait_for_load(
+                myself,
+                Waiting::Join {
+                    session,
+                    member,
+                    reply,
+                },
+            );
+        }
+    }
+
+    fn join_reply(&self, member: &Member, degraded: bool) -> JoinReply {
         let members = self
             .members
             .iter()
@@ -338,11 +639,17 @@ impl RoomState {
             .collect();
         JoinReply {
             room_id: self.room.clone(),
-            last_seq: self.durable,
+            last_seq: (!degraded).then_some(self.durable),
             member_count: self.members.len(),
             members,
-            messages: self.recent.iter().cloned().collect(),
-            read_up_to: self.receipts.get(&member.user_id).copied().unwrap_or(0),
+            messages: if degraded {
+                Vec::new()
+            } else {
+                self.recent.iter().cloned().collect()
+            },
+            read_up_to: (!degraded)
+                .then(|| self.receipts.get(&member.user_id).copied().unwrap_or(0)),
+            history_unavailable: degraded,
         }
     }
 
@@ -350,6 +657,7 @@ impl RoomState {
         let Some(user) = self.sessions.remove(&session) else {
             return;
         };
+        self.degraded.remove(&session);
         let last = match self.members.get_mut(&user) {
             Some(e) => {
                 e.sessions.retain(|s| *s != session);
@@ -367,8 +675,16 @@ impl RoomState {
         self.schedule_idle_check(myself);
     }
 
+    /// Nothing keeps the room alive: no members, no write in flight, no load or waiting request.
+    fn idle(&self) -> bool {
+        self.members.is_empty()
+            && self.pending.is_empty()
+            && !self.loading
+            && self.waiting.is_empty()
+    }
+
     fn schedule_idle_check(&mut self, myself: &ActorRef<RoomMsg>) {
-        if !self.members.is_empty() || !self.pending.is_empty() {
+        if !self.idle() {
             return;
         }
         self.idle_gen += 1;
@@ -485,6 +801,8 @@ impl RoomState {
                 }
                 Some(Err(e)) => {
                     self.failed_in_flight = true;
+                    let lowest = self.lowest_failed.map_or(p.msg.seq, |l| l.min(p.msg.seq));
+                    self.lowest_failed = Some(lowest);
                     if let Some(cid) = &p.msg.client_msg_id {
                         let key = (p.msg.user_id.clone(), cid.clone());
                         if self.dedupe.get(&key) == Some(&p.msg.seq) {
@@ -501,9 +819,12 @@ impl RoomState {
         }
         if self.pending.is_empty() {
             if self.failed_in_flight {
-                // Every failed seq is free again: the store holds nothing above `durable`.
+                // Every failed seq is free again, unless a commit landed whose ack was lost:
+                // the next send rereads the last seq first (see the module docs).
                 self.last_assigned = self.durable;
                 self.failed_in_flight = false;
+                self.stale = true;
+                self.schedule_retry(myself);
             }
             self.schedule_idle_check(myself);
         }
@@ -677,11 +998,21 @@ impl Actor for Room {
         _myself: ActorRef<RoomMsg>,
         args: RoomArgs,
     ) -> Result<RoomState, ActorProcessingErr> {
+        let retry_delay = args.deps.cfg.load_retry_min;
         Ok(RoomState {
             room: args.room,
             deps: args.deps,
             restarted: args.restarted,
             loaded: false,
+            stale: false,
+            loading: false,
+            waiting: VecDeque::new(),
+            wait_gen: 0,
+            retry_scheduled: false,
+            retry_delay,
+            degraded: HashSet::new(),
+            load_failures: 0,
+            lowest_failed: None,
             last_assigned: 0,
             durable: 0,
             last_timestamp: 0,
@@ -704,11 +1035,10 @@ impl Actor for Room {
         myself: ActorRef<RoomMsg>,
         state: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
-        // Loading here keeps the supervisor's mailbox free; a failure is retried on first use.
-        if let Err(e) = state.load().await {
-            tracing::warn!(room = %state.room, error = %e, "room load failed; will retry on use");
-        }
-        state.schedule_idle_check(&myself);
+        // Members first (after a restart they are the hub's sessions): presence and typing
+        // work before, and without, the history. The load runs in the background.
+        state.rebuild_members();
+        state.start_load(&myself);
         Ok(())
     }
 
@@ -723,25 +1053,30 @@ impl Actor for Room {
                 session,
                 member,
                 reply,
-            } => {
-                let r = match state.ensure_loaded().await {
-                    Ok(()) => Ok(state.join(session, member)),
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(r);
-            }
+            } => state.join(&myself, session, member, reply),
             RoomMsg::Leave { session } => state.leave(&myself, session),
             RoomMsg::Send {
                 session,
                 member,
                 req,
                 reply,
-            } => match state.ensure_loaded().await {
-                Ok(()) => state.send(&myself, session, member, req, reply),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
+            } => {
+                if !state.sessions.contains_key(&session) {
+                    let _ = reply.send(Err(not_in_room()));
+                } else if state.seq_known() {
+                    state.send(&myself, session, member, req, reply);
+                } else {
+                    state.wait_for_load(
+                        &myself,
+                        Waiting::Send {
+                            session,
+                            member,
+                            req,
+                            reply,
+                        },
+                    );
                 }
-            },
+            }
             RoomMsg::Typing {
                 session,
                 member,
@@ -752,12 +1087,26 @@ impl Actor for Room {
                 member,
                 up_to_seq,
                 reply,
-            } => match state.ensure_loaded().await {
-                Ok(()) => state.mark_read(&myself, session, member, up_to_seq, reply),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
+            } => {
+                if !state.sessions.contains_key(&session) {
+                    let _ = reply.send(Err(not_in_room()));
+                } else if state.loaded {
+                    state.mark_read(&myself, session, member, up_to_seq, reply);
+                } else {
+                    state.wait_for_load(
+                        &myself,
+                        Waiting::MarkRead {
+                            session,
+                            member,
+                            up_to_seq,
+                            reply,
+                        },
+                    );
                 }
-            },
+            }
+            RoomMsg::Loaded(result) => state.on_loaded(&myself, *result),
+            RoomMsg::LoadWaitExpired(gen) => state.load_wait_expired(gen),
+            RoomMsg::RetryLoad => state.retry_load(&myself),
             RoomMsg::Persisted { seq, result } => state.persisted(&myself, seq, result),
             RoomMsg::ReceiptPersisted {
                 session,
@@ -768,7 +1117,7 @@ impl Actor for Room {
             } => state.receipt_persisted(session, member, seq, result, reply),
             RoomMsg::TypingExpiry => state.expire_typing(&myself),
             RoomMsg::IdleCheck(gen) => {
-                if gen == state.idle_gen && state.members.is_empty() && state.pending.is_empty() {
+                if gen == state.idle_gen && state.idle() {
                     tracing::debug!(room = %state.room, "idle; stopping");
                     myself.stop(Some("idle".into()));
                 }

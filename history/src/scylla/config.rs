@@ -1,17 +1,18 @@
 //! [`ScyllaConfig`]: everything the CQL store needs to know, deserializable from the node's config
-//! file (durations in humantime form: `"2s"`, `"250ms"`). Every field has a default, so an empty
-//! `[history.scylla]` table means "a local single node, keyspace `parley`".
+//! file and serializable back (`parley default-config` prints it; durations in humantime form:
+//! `"2s"`, `"250ms"`). Every field has a default, so an empty `[scylla]` table means "a local
+//! single node, keyspace `parley`".
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::ScyllaError;
 
 /// Configuration of [`super::ScyllaStore`] and [`super::migrate`].
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScyllaConfig {
     /// Nodes to contact first, `host:port`. The driver discovers the rest of the cluster from them.
@@ -146,7 +147,7 @@ impl ScyllaConfig {
 }
 
 /// Keyspace replication.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "class", deny_unknown_fields)]
 pub enum Replication {
     /// One replica set for the whole cluster: development and single-DC tests.
@@ -182,7 +183,7 @@ impl Replication {
 }
 
 /// CQL consistency levels that make sense for this store, written as in CQL (`LOCAL_QUORUM`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ConsistencyLevel {
     One,
@@ -214,7 +215,7 @@ impl From<ConsistencyLevel> for scylla::statement::Consistency {
 
 /// TLS to the nodes (scylla's `rustls-023` backend). The server certificate is checked against
 /// `ca_file` only (not the system roots), with the contact point's host as the expected name.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsOptions {
     /// PEM file of the CA certificate(s) that signed the nodes' certificates. Required.
@@ -226,7 +227,7 @@ pub struct TlsOptions {
 }
 
 /// How the rows of one partition are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WriteMode {
     /// One UNLOGGED batch per partition (atomic and isolated within that partition).
@@ -237,7 +238,7 @@ pub enum WriteMode {
 }
 
 /// Retry of transient request failures: full-jitter exponential backoff.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryOptions {
     /// Attempts per request, the first included. Default 4.
@@ -263,7 +264,7 @@ impl Default for RetryOptions {
 
 /// The circuit breaker: after `failure_threshold` consecutive failed requests (retries
 /// exhausted) the store fails fast with `Unavailable` for `cool_down`, then lets one probe through.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerOptions {
     /// Consecutive failures that open the breaker. Default 5.

@@ -282,6 +282,44 @@ impl Client {
         }
     }
 
+    /// Waits up to `within` for a push named `event` whose data satisfies `pred` (other pushes
+    /// stay buffered); for events that may take longer than one frame's [`WAIT`].
+    pub async fn event_matching(
+        &mut self,
+        event: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        if let Some(i) = self
+            .buffered
+            .iter()
+            .position(|v| v["event"] == event && pred(&v["data"]))
+        {
+            return self
+                .buffered
+                .remove(i)
+                .map(|v| v["data"].clone())
+                .unwrap_or_default();
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no matching {event} within {within:?}"));
+            match frame {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("server sent invalid JSON");
+                    if v["event"] == event && pred(&v["data"]) {
+                        return v["data"].clone();
+                    }
+                    self.buffered.push_back(v);
+                }
+                Some(Ok(_)) => continue,
+                _ => panic!("closed while waiting for {event}"),
+            }
+        }
+    }
+
     /// Asserts no push named `event` arrives within `d`.
     pub async fn no_event(&mut self, event: &str, d: Duration) {
         assert!(

@@ -4,7 +4,9 @@ mod harness;
 
 mod auth;
 mod chat;
+mod cql;
 mod faults;
 mod limits;
 mod presence;
 mod restart;
+mod socketio;
