@@ -122,6 +122,16 @@ pub async fn http_get(url: &str) -> (u16, String) {
 
 /// A minimal HTTP/1.1 client (the tests must not depend on a proxy-aware library).
 pub async fn http_request(method: &str, url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    http_request_body(method, url, headers, "").await
+}
+
+/// One HTTP/1.1 request with a text body; returns (status, body).
+pub async fn http_request_body(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest
@@ -130,15 +140,17 @@ pub async fn http_request(method: &str, url: &str, headers: &[(&str, &str)]) -> 
         .unwrap_or((rest, "/".into()));
     let mut s = TcpStream::connect(host).await.expect("connect");
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
     );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
+    req.push_str(body);
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text
         .split_whitespace()

@@ -6,34 +6,21 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{metric, token, Client, Node, WAIT};
+use crate::harness::{http_request_body, metric, token, Client, Node, WAIT};
 
 /// One HTTP/1.1 request with a body; returns (status, body).
 async fn request(node: &Node, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(&node.addr).await.expect("connect");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
-        node.addr,
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let url = node.http(path);
+    http_request_body(
+        method,
+        &url,
+        &[("Content-Type", "text/plain;charset=UTF-8")],
+        body,
+    )
+    .await
 }
 
 /// A polling handshake: the sid.
