@@ -146,6 +146,10 @@ pub struct Config {
     pub log: String,
     /// Log format. Default `text`.
     pub log_format: LogFormat,
+    /// OTLP/HTTP traces endpoint (e.g. `http://otel-collector:4318/v1/traces`); spans of client
+    /// requests and of the room handlers they reach are exported there in batches. Unset: no
+    /// export. Default unset.
+    pub otlp_endpoint: Option<String>,
     /// Enables `/debug/*` fault-injection endpoints. Never in production. Default false.
     pub test_hooks: bool,
 }
@@ -192,6 +196,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             log: "info".into(),
             log_format: LogFormat::Text,
+            otlp_endpoint: None,
             test_hooks: false,
         }
     }

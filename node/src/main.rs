@@ -25,8 +25,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref(), overrides)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            telemetry::init_logs(&cfg);
-            server::run(cfg)
+            let telemetry = telemetry::init(&cfg)?;
+            let result = server::run(cfg);
+            telemetry.shutdown();
+            result
         }
         Command::CheckConfig => {
             server::authenticator(&cfg)?;
@@ -40,8 +42,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            telemetry::init_logs(&cfg);
-            server::migrate(&cfg)
+            let telemetry = telemetry::init(&cfg)?;
+            let result = server::migrate(&cfg);
+            telemetry.shutdown();
+            result
         }
         Command::Token { user, name, ttl } => {
             let (secret, _) = cfg.effective_jwt_secret();

@@ -1,23 +1,75 @@
-//! Logs (tracing) and metrics (Prometheus recorder). The recorder is process-global and the
+//! Logs and traces (tracing, exported with tracing-opentelemetry) and metrics (Prometheus
+//! recorder). The recorder is process-global and the
 //! library crates emit through the `metrics` facade; only this binary owns the exporter.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{Config, LogFormat};
 
-/// Installs the log subscriber. `RUST_LOG` wins over the configured filter.
-pub fn init_logs(cfg: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+/// What must be flushed at exit.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes and stops the span exporter (spans still queued are sent).
+    pub fn shutdown(&self) {
+        if let Some(p) = &self.provider {
+            if let Err(e) = p.shutdown() {
+                eprintln!("parley: flushing traces failed: {e}");
+            }
+        }
+    }
+}
+
+fn filter(cfg: &Config) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!("{},ractor=warn,fjall=warn,lsm_tree=warn", cfg.log))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cfg.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    })
+}
+
+/// Installs logs (`RUST_LOG` wins over the configured filter) and, when `otlp_endpoint` is set,
+/// the OpenTelemetry layer that exports spans over OTLP/HTTP from the SDK's own batch thread.
+pub fn init(cfg: &Config) -> anyhow::Result<Telemetry> {
+    type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt: Boxed = match cfg.log_format {
+        LogFormat::Text => fmt.with_filter(filter(cfg)).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter(cfg)).boxed(),
     };
+    let mut layers = vec![fmt];
+    let mut provider = None;
+    if let Some(endpoint) = &cfg.otlp_endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint.clone())
+            .build()?;
+        let resource = Resource::builder()
+            .with_service_name("parley")
+            .with_attribute(KeyValue::new("service.instance.id", cfg.node_name.clone()))
+            .build();
+        let p = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build();
+        // ractor starts a span per actor: keep those out of the export.
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("parley"))
+            .with_filter(EnvFilter::new("info,ractor=warn,fjall=warn,lsm_tree=warn"))
+            .boxed();
+        layers.push(otel);
+        provider = Some(p);
+    }
+    let _ = tracing_subscriber::registry().with(layers).try_init();
+    Ok(Telemetry { provider })
 }
 
 const LATENCY_MS: &[f64] = &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];

@@ -285,6 +285,12 @@ fn spawn_request<A, T, D>(
     });
 }
 
+/// Runs a backend future inside the request's span, so the room actor's handling (ractor
+/// propagates the caller's span to the handler) and the store calls become its children.
+fn traced<T: 'static>(span: &tracing::Span, fut: BackendFuture<T>) -> BackendFuture<T> {
+    Box::pin(tracing::Instrument::instrument(fut, span.clone()))
+}
+
 fn dispatch<A>(act: &mut A, ctx: &mut A::Context, id: Option<u64>, event: EventKind, req: Request)
 where
     A: ChatTransport,
@@ -295,6 +301,7 @@ where
     };
     let backend = core.ctx.backend.clone();
     let (sid, member) = (core.id, core.member.clone());
+    let span = tracing::info_span!("request", event = event.as_str(), session = sid.0);
     let in_room = |core: &ChatCore, room: &RoomId| core.rooms.contains_key(room);
     let not_in_room = || ApiError::new(ErrorCode::NotInRoom, "join the room first");
     match req {
@@ -311,7 +318,7 @@ where
                 core.rooms
                     .insert(room.clone(), RoomPhase::Joining(Vec::new()));
             }
-            let fut = backend.join(sid, &member, room.clone());
+            let fut = traced(&span, backend.join(sid, &member, room.clone()));
             spawn_tracked(act, ctx, fut, move |act, ctx, res| {
                 joined(act, ctx, id, room, res)
             });
@@ -326,21 +333,24 @@ where
             if !in_room(core, &req.room) {
                 return reject(act, ctx, id, event, &not_in_room());
             }
-            let fut = backend.send(sid, &member, req);
+            let fut = traced(&span, backend.send(sid, &member, req));
             spawn_request(act, ctx, id, event, fut, |msg| msg);
         }
         Request::Typing { room, is_typing } => {
             if !in_room(core, &room) {
                 return reject(act, ctx, id, event, &not_in_room());
             }
-            backend.typing(sid, &member, &room, is_typing);
+            span.in_scope(|| backend.typing(sid, &member, &room, is_typing));
             ack_now(act, ctx, id, &Empty {});
         }
         Request::MarkRead { room, up_to_seq } => {
             if !in_room(core, &room) {
                 return reject(act, ctx, id, event, &not_in_room());
             }
-            let fut = backend.mark_read(sid, &member, room.clone(), up_to_seq);
+            let fut = traced(
+                &span,
+                backend.mark_read(sid, &member, room.clone(), up_to_seq),
+            );
             spawn_request(act, ctx, id, event, fut, move |seq| ReadAck {
                 room_id: room,
                 up_to_seq: seq,
@@ -351,11 +361,11 @@ where
             before,
             limit,
         } => {
-            let fut = backend.history(room, before, limit);
+            let fut = traced(&span, backend.history(room, before, limit));
             spawn_request(act, ctx, id, event, fut, |page| page);
         }
         Request::Resume { room, after_seq } => {
-            let fut = backend.resume(room, after_seq);
+            let fut = traced(&span, backend.resume(room, after_seq));
             spawn_request(act, ctx, id, event, fut, |page| page);
         }
     }

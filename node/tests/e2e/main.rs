@@ -10,3 +10,4 @@ mod limits;
 mod presence;
 mod restart;
 mod socketio;
+mod telemetry;
