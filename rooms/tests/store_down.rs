@@ -415,3 +415,37 @@ async fn a_lost_ack_under_a_later_successful_write_is_resynced() {
     );
     f.rooms.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_writes_leave_no_gap_and_are_never_pushed() {
+    let f = Fixture::new(0, UP).await;
+    let (s, m, rec) = f.connect(1, "u").await;
+    f.rooms.join(s, &m, &f.room).await.expect("join");
+    assert_eq!(f.rooms.send(s, &m, f.send("1")).await.expect("send").seq, 1);
+    f.store.set(DOWN);
+    for t in ["2", "3"] {
+        let e = f.rooms.send(s, &m, f.send(t)).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::StoreUnavailable);
+    }
+    f.store.set(UP);
+    // The failed seqs are reused: no gap, and the resend of "2" is a new message, not a dup.
+    assert_eq!(f.rooms.send(s, &m, f.send("2")).await.expect("send").seq, 2);
+    assert_eq!(f.rooms.send(s, &m, f.send("4")).await.expect("send").seq, 3);
+    let stored: Vec<u64> = f
+        .store
+        .inner
+        .latest(&f.room, 10)
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(stored, vec![1, 2, 3]);
+    let pushed: Vec<u64> = rec
+        .of(PushKind::NewMessage)
+        .iter()
+        .map(|v| v["seq"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(pushed, vec![1, 2, 3], "failed messages are never pushed");
+    f.rooms.stop();
+}
