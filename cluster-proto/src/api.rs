@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
+use bincode::{Decode, Encode};
 use serde::Serialize;
 
 use crate::ids::RoomId;
 use crate::message::{ChatMessage, Member};
 
 /// A validated `sendMessage`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct SendRequest {
     pub room: RoomId,
     pub text: String,
@@ -26,7 +27,7 @@ pub struct SendRequest {
 /// the reply says so with `history_unavailable: true`, `last_seq: None` and `read_up_to: None`
 /// (serialized as `null`) and no messages. The room pushes `resync` to that session once its
 /// history is readable again; the client then fetches it with `resume`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Encode, Decode)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinReply {
     pub room_id: RoomId,

@@ -22,10 +22,13 @@ pub enum ErrorCode {
     RoomUnavailable,
     Timeout,
     Internal,
+    /// The room (or user) is changing owner node; retry shortly. Added in protocol 1; new
+    /// codes go at the end (the wire encodes the variant index).
+    RoomMoved,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadJson,
         ErrorCode::BadFrame,
         ErrorCode::UnknownEvent,
@@ -41,6 +44,7 @@ impl ErrorCode {
         ErrorCode::RoomUnavailable,
         ErrorCode::Timeout,
         ErrorCode::Internal,
+        ErrorCode::RoomMoved,
     ];
 
     /// True for failures of the server or its dependencies (a store that is down, a room
@@ -53,6 +57,7 @@ impl ErrorCode {
                 | ErrorCode::RoomUnavailable
                 | ErrorCode::Timeout
                 | ErrorCode::Internal
+                | ErrorCode::RoomMoved
         )
     }
 
@@ -73,6 +78,7 @@ impl ErrorCode {
             ErrorCode::RoomUnavailable => "room_unavailable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::RoomMoved => "room_moved",
         }
     }
 }

@@ -12,6 +12,7 @@
 //! * [`sink`]: the seam through which rooms push to sessions.
 //! * [`rate`]: the per-user token bucket.
 //! * [`codec`]: versioned bincode 2 encoding (the only place that names bincode).
+//! * [`wire`]: the node-to-node protocol (frames, handshake, protocol version).
 
 pub mod api;
 pub mod codec;
@@ -21,6 +22,7 @@ pub mod message;
 pub mod push;
 pub mod rate;
 pub mod sink;
+pub mod wire;
 
 pub use error::{ApiError, ErrorCode};
 pub use ids::{InvalidId, RoomId, SessionId, UserId};

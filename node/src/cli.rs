@@ -35,6 +35,24 @@ pub struct Cli {
     /// This node's name (PARLEY_NODE_NAME).
     #[arg(long, global = true)]
     pub node_name: Option<String>,
+    /// Address for node-to-node traffic; enables clustering (PARLEY_CLUSTER__LISTEN).
+    #[arg(long, global = true)]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Address other nodes dial to reach this one (PARLEY_CLUSTER__ADVERTISE).
+    #[arg(long, global = true)]
+    pub cluster_advertise: Option<String>,
+    /// Seed peers, host:port,host:port (PARLEY_CLUSTER__PEERS).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Peer discovery, `dns:NAME:PORT` (PARLEY_CLUSTER__DISCOVERY).
+    #[arg(long, global = true)]
+    pub discovery: Option<String>,
+    /// Shared secret of the cluster (PARLEY_CLUSTER__COOKIE).
+    #[arg(long, global = true)]
+    pub cluster_cookie: Option<String>,
+    /// File holding the cluster's shared secret (PARLEY_CLUSTER__COOKIE_FILE).
+    #[arg(long, global = true)]
+    pub cluster_cookie_file: Option<PathBuf>,
     /// Requests per second per user (PARLEY_RATE_LIMIT_PER_SEC).
     #[arg(long, global = true)]
     pub rate_limit_per_sec: Option<f64>,
@@ -99,6 +117,19 @@ impl Cli {
         flag!(rate_limit_per_sec);
         flag!(rate_limit_burst);
         flag!(log);
+        macro_rules! cluster_flag {
+            ($name:ident, $key:literal) => {
+                if let Some(v) = &self.$name {
+                    fig = fig.merge(Serialized::global($key, v));
+                }
+            };
+        }
+        cluster_flag!(cluster_listen, "cluster.listen");
+        cluster_flag!(cluster_advertise, "cluster.advertise");
+        cluster_flag!(peers, "cluster.peers");
+        cluster_flag!(discovery, "cluster.discovery");
+        cluster_flag!(cluster_cookie, "cluster.cookie");
+        cluster_flag!(cluster_cookie_file, "cluster.cookie_file");
         if self.test_hooks {
             fig = fig.merge(Serialized::global("test_hooks", true));
         }

@@ -63,6 +63,8 @@ pub struct Config {
     pub history_connect_timeout: Duration,
     /// The ScyllaDB / Cassandra store (`history = "scylla"`, and `parley migrate`).
     pub scylla: ScyllaConfig,
+    /// Clustering with other nodes (`[cluster]`; unset `listen`: a node alone).
+    pub cluster: ClusterSettings,
 
     /// HS256 secret for client JWTs. Unset: a development secret, with a warning.
     pub jwt_secret: Option<String>,
@@ -154,6 +156,151 @@ pub struct Config {
     pub test_hooks: bool,
 }
 
+/// The `[cluster]` section (see `docs/cluster.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Address for node-to-node traffic (`--cluster-listen`). Unset: no cluster. Port 0
+    /// picks a free port (printed as `parley cluster listening on ADDR`). Default unset.
+    pub listen: Option<SocketAddr>,
+    /// Address other nodes dial to reach this one (`--cluster-advertise`). Default: the bound
+    /// listen address.
+    pub advertise: Option<String>,
+    /// Seed peers, `host:port` (`--peers a:7000,b:7000`; a list or a comma-separated string).
+    /// Dialed and redialed for as long as the node runs. Default none.
+    #[serde(deserialize_with = "string_or_list")]
+    pub peers: Vec<String>,
+    /// `dns:NAME:PORT`: peers are every address NAME resolves to, re-resolved every
+    /// `discovery_interval` (a Kubernetes headless Service). Default unset.
+    pub discovery: Option<String>,
+    /// Shared secret of the cluster (`--cluster-cookie`); nodes with another cookie are never
+    /// admitted. Prefer `cookie_file`. At least 16 bytes.
+    pub cookie: Option<String>,
+    /// File holding the cookie (`--cluster-cookie-file`; surrounding whitespace ignored).
+    pub cookie_file: Option<PathBuf>,
+    /// Also dial the addresses other nodes report knowing (so one seed finds everyone).
+    /// Default true.
+    pub learn_peers: bool,
+    /// Period of the failure detector's heartbeat to each peer. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Heartbeats missed in a row before a peer is declared down (its rooms and users move).
+    /// Detection takes at most `heartbeat_interval × (heartbeat_misses + 1)`. Default 3.
+    pub heartbeat_misses: u32,
+    /// Deadline of a TCP connect to a peer, and of its handshake. Default 2 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How often `discovery` is resolved again. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub discovery_interval: Duration,
+    /// Largest frame sent to or accepted from a peer, bytes (oversize frames are refused at
+    /// the sender: one would end the whole link at the receiver). Default 8 MiB.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            advertise: None,
+            peers: Vec::new(),
+            discovery: None,
+            cookie: None,
+            cookie_file: None,
+            learn_peers: true,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_misses: 3,
+            connect_timeout: Duration::from_secs(2),
+            discovery_interval: Duration::from_secs(5),
+            max_frame_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect(),
+        Either::Many(v) => v,
+    })
+}
+
+impl ClusterSettings {
+    /// The cookie in force (from `cookie` or `cookie_file`).
+    pub fn effective_cookie(&self) -> Result<Option<String>, ConfigError> {
+        match (&self.cookie, &self.cookie_file) {
+            (Some(c), _) => Ok(Some(c.clone())),
+            (None, Some(p)) => std::fs::read_to_string(p)
+                .map(|s| Some(s.trim().to_string()))
+                .map_err(|err| ConfigError::Read {
+                    path: p.clone(),
+                    err,
+                }),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// `(name, port)` of a `dns:NAME:PORT` discovery setting.
+    pub fn dns_discovery(&self) -> Result<Option<(String, u16)>, String> {
+        let Some(d) = &self.discovery else {
+            return Ok(None);
+        };
+        let rest = d
+            .strip_prefix("dns:")
+            .ok_or_else(|| format!("discovery {d:?}: expected dns:NAME:PORT"))?;
+        let (name, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("discovery {d:?}: expected dns:NAME:PORT"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("discovery {d:?}: bad port"))?;
+        if name.is_empty() {
+            return Err(format!("discovery {d:?}: empty name"));
+        }
+        Ok(Some((name.to_string(), port)))
+    }
+
+    fn validate(&self, history: HistoryBackend) -> Result<(), String> {
+        self.dns_discovery()?;
+        if self.listen.is_none() {
+            if !self.peers.is_empty() || self.discovery.is_some() {
+                return Err("peers or discovery are set but listen is not".into());
+            }
+            return Ok(());
+        }
+        if history != HistoryBackend::Scylla {
+            return Err(
+                "a cluster needs a history store all nodes share: set history = \"scylla\" \
+                 (the embedded store belongs to one node)"
+                    .into(),
+            );
+        }
+        if self.cookie.is_none() && self.cookie_file.is_none() {
+            return Err("a cluster needs a cookie (cookie or cookie_file)".into());
+        }
+        if matches!(&self.cookie, Some(c) if c.len() < 16) {
+            return Err("cookie must be at least 16 bytes".into());
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_misses == 0 {
+            return Err("heartbeat_interval and heartbeat_misses must be > 0".into());
+        }
+        if self.max_frame_bytes < 64 * 1024 {
+            return Err("max_frame_bytes must be at least 64 KiB".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -163,6 +310,7 @@ impl Default for Config {
             history: HistoryBackend::Embedded,
             history_connect_timeout: Duration::from_secs(30),
             scylla: ScyllaConfig::default(),
+            cluster: ClusterSettings::default(),
             jwt_secret: None,
             jwt_public_key_file: None,
             jwt_public_key_algorithm: JwtAlgorithm::RS256,
@@ -237,6 +385,7 @@ impl Config {
         let mut cfg = self.clone();
         cfg.jwt_secret = hide(&cfg.jwt_secret);
         cfg.scylla.password = hide(&cfg.scylla.password);
+        cfg.cluster.cookie = hide(&cfg.cluster.cookie);
         cfg
     }
 
@@ -278,6 +427,9 @@ impl Config {
         self.scylla
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("[scylla]: {e}")))?;
+        self.cluster
+            .validate(self.history)
+            .map_err(|e| ConfigError::Invalid(format!("[cluster]: {e}")))?;
         Ok(())
     }
 

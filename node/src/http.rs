@@ -1,5 +1,7 @@
-//! Operational HTTP endpoints: `/healthz`, `/readyz`, `/metrics` and (tests only) `/debug/*`.
+//! Operational HTTP endpoints: `/healthz`, `/readyz`, `/metrics`, `/cluster` and (tests only)
+//! `/debug/*`.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
@@ -13,6 +15,8 @@ pub struct HttpState {
     pub rooms: Arc<Rooms>,
     pub prometheus: PrometheusHandle,
     pub shutdown: watch::Receiver<bool>,
+    /// Set when the node is part of a cluster.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The process is alive and serving HTTP.
@@ -39,6 +43,9 @@ pub async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
     metrics::gauge!("parley_hub_sessions").set(state.rooms.hub().session_count() as f64);
     metrics::gauge!("parley_live_room_actors").set(state.rooms.live_rooms() as f64);
     metrics::gauge!("parley_live_user_actors").set(state.rooms.live_users() as f64);
+    metrics::gauge!("parley_cluster_owned_rooms").set(state.rooms.live_rooms() as f64);
+    let c = &state.rooms.cluster().counters;
+    metrics::gauge!("parley_cluster_ring_changes").set(c.ring_changes.load(Relaxed) as f64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.prometheus.render())
@@ -51,6 +58,63 @@ pub async fn debug_panic(state: web::Data<HttpState>, room: web::Path<String>) -
             HttpResponse::Accepted().json(json!({"panicked": r}))
         }
         Ok(_) => HttpResponse::NotFound().json(json!({"error": "room is not running"})),
+        Err(e) => HttpResponse::BadRequest().json(json!({"error": e.to_string()})),
+    }
+}
+
+/// `GET /cluster`: this node's view of the cluster (members and their state, the ring, what
+/// it serves, counters).
+pub async fn cluster(state: web::Data<HttpState>) -> HttpResponse {
+    let view = state.rooms.cluster();
+    let c = &view.counters;
+    let (members, ring_members) = match &state.cluster {
+        Some(cl) => match cl.status().await {
+            Some(s) => (
+                serde_json::to_value(&s.members).unwrap_or_default(),
+                s.ring_members,
+            ),
+            None => {
+                return HttpResponse::ServiceUnavailable()
+                    .json(json!({"error": "membership did not answer"}))
+            }
+        },
+        None => (
+            json!([{"name": view.local().to_string(), "addr": "", "state": "self"}]),
+            vec![view.local().to_string()],
+        ),
+    };
+    HttpResponse::Ok().json(json!({
+        "node": view.local().to_string(),
+        "protocol": cluster_proto::wire::PROTOCOL_VERSION,
+        "hash": rooms::ring::RING_HASH,
+        "virtualNodes": rooms::ring::VIRTUAL_NODES,
+        "members": members,
+        "ringMembers": ring_members,
+        "local": {
+            "rooms": state.rooms.live_rooms(),
+            "users": state.rooms.live_users(),
+            "sessions": state.rooms.hub().session_count(),
+        },
+        "counters": {
+            "handoffs": c.handoffs.load(Relaxed),
+            "crossNodeSent": c.cross_node_sent.load(Relaxed),
+            "crossNodeReceived": c.cross_node_received.load(Relaxed),
+            "ringChanges": c.ring_changes.load(Relaxed),
+        }
+    }))
+}
+
+/// `GET /cluster/owner/{room}`: the room's owner in this node's current view.
+pub async fn cluster_owner(state: web::Data<HttpState>, room: web::Path<String>) -> HttpResponse {
+    match RoomId::new(&room) {
+        Ok(r) => {
+            let view = state.rooms.cluster();
+            HttpResponse::Ok().json(json!({
+                "room": r,
+                "owner": view.room_owner(r.as_str()).to_string(),
+                "ringMembers": view.ring().nodes().collect::<Vec<_>>(),
+            }))
+        }
         Err(e) => HttpResponse::BadRequest().json(json!({"error": e.to_string()})),
     }
 }

@@ -249,8 +249,19 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let store = open_store(&cfg).await?;
     let hub = Arc::new(Hub::default());
-    let rooms = Rooms::start(rooms_config(&cfg), store.clone(), hub).await?;
+    let (view, transport) = crate::cluster::view(&cfg.node_name, &cfg.cluster);
+    let rooms = Rooms::start(rooms_config(&cfg), store.clone(), hub, view).await?;
     info!("room and user supervisors started");
+    let cluster = match transport {
+        Some(t) => {
+            let c = crate::cluster::Cluster::start(&cfg.node_name, &cfg.cluster, t, rooms.clone())
+                .await?;
+            info!(listen = %c.listen, advertise = %c.advertise, peers = ?cfg.cluster.peers, "cluster listening");
+            println!("parley cluster listening on {}", c.listen);
+            Some(Arc::new(c))
+        }
+        None => None,
+    };
     let auth = authenticator(&cfg)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sessions = web::Data::new(SessionsContext::new(
@@ -263,6 +274,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         rooms: rooms.clone(),
         prometheus,
         shutdown: shutdown_rx,
+        cluster: cluster.clone(),
     });
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -283,7 +295,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .route("/socket.io", web::route().to(sessions::socketio_endpoint))
             .route("/healthz", web::get().to(http::healthz))
             .route("/readyz", web::get().to(http::readyz))
-            .route("/metrics", web::get().to(http::metrics));
+            .route("/metrics", web::get().to(http::metrics))
+            .route("/cluster", web::get().to(http::cluster))
+            .route("/cluster/owner/{room}", web::get().to(http::cluster_owner));
         if test_hooks {
             app.route(
                 "/debug/rooms/{room}/panic",
@@ -311,12 +325,22 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     println!("parley listening on {addr}");
 
     wait_for_signal().await;
+    if let Some(c) = &cluster {
+        // Drain: leave the ring first, so peers route this node's rooms to their next owners
+        // while its clients reconnect elsewhere.
+        info!("draining: leaving the cluster");
+        c.leave().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     info!("shutting down: closing sessions (1001)");
     let _ = shutdown_tx.send(true);
     tokio::time::sleep(Duration::from_millis(300)).await;
     handle.stop(true).await;
     let _ = server_task.await;
     rooms.stop();
+    if let Some(c) = &cluster {
+        c.stop();
+    }
     store.shutdown().await;
     info!("stopped");
     Ok(())

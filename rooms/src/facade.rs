@@ -1,11 +1,21 @@
-//! [`Rooms`]: what the rest of the node calls. It finds (or starts) the right actor, applies
-//! timeouts, keeps the hub in step and maps every failure to a stable [`ApiError`].
+//! [`Rooms`]: what the rest of the node calls. It finds the owner of a room or user (this
+//! node or another), reaches its actor (locally, or through the cluster with a deadline),
+//! keeps the hub in step and maps every failure to a stable [`ApiError`].
+//!
+//! Routing: a request for a room goes to the room's owner in this node's current view. An
+//! owner that disagrees (its view moved on, or the room is handing off) answers `room_moved`
+//! before doing anything, so the request is retried, a few times with a short backoff, at the
+//! owner of the then-current view; sends are only retried on answers that prove nothing was
+//! written. Requests that arrive from other nodes enter through [`Rooms::handle_call`] and
+//! [`Rooms::handle_cast`] (module `remote`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cluster_proto::api::{JoinReply, MessagePage, SendRequest};
 use cluster_proto::rate::TokenBucket;
+use cluster_proto::wire::{Cast, Request, Response};
 use cluster_proto::{
     ApiError, ChatMessage, ErrorCode, Member, PushSink, RoomId, SessionId, UserId,
 };
@@ -13,8 +23,8 @@ use history::HistoryStore;
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 
+use crate::cluster::ClusterView;
 use crate::hub::Hub;
-use crate::ring::Ring;
 use crate::room::{Room, RoomArgs, RoomConfig, RoomDeps, RoomMsg};
 use crate::supervisor::{ChildSpec, Directory, RestartPolicy, SupervisorError};
 use crate::user::{User, UserArgs, UserConfig, UserMsg};
@@ -49,7 +59,7 @@ impl Default for RoomsConfig {
     }
 }
 
-struct RoomSpec(Arc<RoomDeps>);
+pub(crate) struct RoomSpec(Arc<RoomDeps>);
 
 impl ChildSpec for RoomSpec {
     type Key = RoomId;
@@ -67,7 +77,7 @@ impl ChildSpec for RoomSpec {
     }
 }
 
-struct UserSpec(UserConfig);
+pub(crate) struct UserSpec(UserConfig);
 
 impl ChildSpec for UserSpec {
     type Key = UserId;
@@ -86,15 +96,22 @@ impl ChildSpec for UserSpec {
 
 /// The room and user layer of one node.
 pub struct Rooms {
-    cfg: RoomsConfig,
-    ring: Ring,
-    hub: Arc<Hub>,
-    store: Arc<dyn HistoryStore>,
-    rooms: Directory<RoomSpec>,
-    users: Directory<UserSpec>,
+    pub(crate) cfg: RoomsConfig,
+    pub(crate) cluster: Arc<ClusterView>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) store: Arc<dyn HistoryStore>,
+    pub(crate) rooms: Directory<RoomSpec>,
+    pub(crate) users: Directory<UserSpec>,
+    /// Per-user token buckets of this node's sessions, with their session count.
+    buckets: Mutex<HashMap<UserId, (Arc<TokenBucket>, usize)>>,
+    /// Per room with sessions here: the owner they were last registered with (see
+    /// `remote::sync_registrations`).
+    pub(crate) registered: Mutex<HashMap<RoomId, Arc<str>>>,
+    /// Per user with sessions here: the owner they were last registered with.
+    pub(crate) users_registered: Mutex<HashMap<UserId, Arc<str>>>,
 }
 
-fn supervisor_error(e: SupervisorError) -> ApiError {
+pub(crate) fn supervisor_error(e: SupervisorError) -> ApiError {
     match e {
         SupervisorError::CrashLoop { .. } => {
             ApiError::new(ErrorCode::RoomUnavailable, e.to_string())
@@ -107,27 +124,47 @@ fn unavailable() -> ApiError {
     ApiError::new(ErrorCode::RoomUnavailable, "the room restarted; retry")
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Attempts of a request whose owner answers `room_moved` (views converge in milliseconds;
+/// a handoff drains in about one store write).
+const ROUTE_ATTEMPTS: u32 = 5;
+
+fn bad_answer(node: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("unexpected answer from node {node}"),
+    )
+}
+
 impl Rooms {
     /// Starts the supervisors on the current tokio runtime (the node's core runtime).
     pub async fn start(
         cfg: RoomsConfig,
         store: Arc<dyn HistoryStore>,
         hub: Arc<Hub>,
+        cluster: Arc<ClusterView>,
     ) -> Result<Arc<Self>, SupervisorError> {
         let deps = Arc::new(RoomDeps {
             store: store.clone(),
             hub: hub.clone(),
+            cluster: cluster.clone(),
             cfg: cfg.room.clone(),
         });
         let rooms = Directory::start(RoomSpec(deps), cfg.restart).await?;
         let users = Directory::start(UserSpec(cfg.user.clone()), cfg.restart).await?;
         Ok(Arc::new(Rooms {
-            ring: Ring::new([cfg.node_name.clone()]),
             cfg,
+            cluster,
             hub,
             store,
             rooms,
             users,
+            buckets: Mutex::new(HashMap::new()),
+            registered: Mutex::new(HashMap::new()),
+            users_registered: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -139,7 +176,11 @@ impl Rooms {
         &self.store
     }
 
-    /// Live room actors on this node.
+    pub fn cluster(&self) -> &Arc<ClusterView> {
+        &self.cluster
+    }
+
+    /// Live room actors on this node (the rooms it owns and serves).
     pub fn live_rooms(&self) -> usize {
         self.rooms.len()
     }
@@ -149,28 +190,25 @@ impl Rooms {
         self.users.len()
     }
 
-    /// The room's actor, checking that this node owns it.
-    async fn room(&self, room: &RoomId) -> Result<ActorRef<RoomMsg>, ApiError> {
-        if self.ring.owner(room.as_str()) != Some(self.cfg.node_name.as_str()) {
-            // Unreachable on a single node; the cluster forwards instead.
-            return Err(ApiError::new(
-                ErrorCode::RoomUnavailable,
-                "room is owned elsewhere",
-            ));
+    /// The local room actor, if this node owns the room in its current view.
+    pub(crate) async fn owned_room(&self, room: &RoomId) -> Result<ActorRef<RoomMsg>, ApiError> {
+        let owner = self.cluster.room_owner(room.as_str());
+        if !self.cluster.is_local(&owner) {
+            return Err(self.cluster.not_owner("the room", &owner));
         }
         self.rooms.get(room).await.map_err(supervisor_error)
     }
 
-    /// Calls the room. `retry_lost` also retries when the room took the message but died
-    /// before answering: only for requests that are safe to repeat.
-    async fn ask_room<T: Send + 'static>(
+    /// Calls the local room. `retry_lost` also retries when the room took the message but
+    /// died before answering: only for requests that are safe to repeat.
+    pub(crate) async fn ask_room<T: Send + 'static>(
         &self,
         room: &RoomId,
         retry_lost: bool,
         build: impl Fn(RpcReplyPort<Result<T, ApiError>>) -> RoomMsg,
     ) -> Result<T, ApiError> {
         for _ in 0..2 {
-            let actor = self.room(room).await?;
+            let actor = self.owned_room(room).await?;
             match actor.call(&build, Some(self.cfg.call_timeout)).await {
                 Ok(CallResult::Success(r)) => return r,
                 Ok(CallResult::Timeout) => {
@@ -188,7 +226,51 @@ impl Rooms {
         Err(unavailable())
     }
 
-    /// Registers a new session; returns the user's shared rate limit.
+    /// Runs a room request at the room's owner: `local` when that is this node, otherwise
+    /// `remote` through the cluster. Retried while the answer is `room_moved`.
+    async fn routed<T, L, F>(
+        &self,
+        room: &RoomId,
+        local: L,
+        remote: impl Fn() -> Request,
+        unwrap: impl Fn(Response) -> Option<Result<T, ApiError>>,
+    ) -> Result<T, ApiError>
+    where
+        L: Fn() -> F,
+        F: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let mut last = None;
+        for attempt in 0..ROUTE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+            }
+            let owner = self.cluster.room_owner(room.as_str());
+            let r = if self.cluster.is_local(&owner) {
+                local().await
+            } else {
+                match self
+                    .cluster
+                    .call(&owner, remote(), self.cfg.call_timeout)
+                    .await
+                {
+                    Ok(answer) => unwrap(answer).unwrap_or_else(|| Err(bad_answer(&owner))),
+                    Err(e) => Err(e),
+                }
+            };
+            match r {
+                Err(e) if e.code == ErrorCode::RoomMoved => last = Some(e),
+                r => {
+                    if r.is_ok() {
+                        lock(&self.registered).insert(room.clone(), owner);
+                    }
+                    return r;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(unavailable))
+    }
+
+    /// Registers a new session; returns the user's rate limit on this node.
     pub async fn connect(
         &self,
         session: SessionId,
@@ -197,37 +279,130 @@ impl Rooms {
     ) -> Result<Arc<TokenBucket>, ApiError> {
         self.hub
             .register(session, member.user_id.clone(), &member.username, sink);
+        let bucket = {
+            let mut buckets = lock(&self.buckets);
+            let e = buckets.entry(member.user_id.clone()).or_insert_with(|| {
+                (
+                    Arc::new(TokenBucket::new(
+                        self.cfg.user.rate_per_sec,
+                        self.cfg.user.burst,
+                    )),
+                    0,
+                )
+            });
+            e.1 += 1;
+            e.0.clone()
+        };
+        match self.register_user(&member.user_id, vec![session]).await {
+            Ok(()) => Ok(bucket),
+            Err(e) => {
+                self.disconnect(session, &member.user_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Tells the user's owner about `sessions` of this node.
+    pub(crate) async fn register_user(
+        &self,
+        user: &UserId,
+        sessions: Vec<SessionId>,
+    ) -> Result<(), ApiError> {
+        let owner = self.cluster.user_owner(user.as_str());
+        if self.cluster.is_local(&owner) {
+            self.user_connect(user, sessions, None).await?;
+        } else {
+            let req = Request::UserConnect {
+                user: user.clone(),
+                sessions,
+            };
+            match self
+                .cluster
+                .call(&owner, req, self.cfg.call_timeout)
+                .await?
+            {
+                Response::UserConnect(r) => r?,
+                _ => return Err(bad_answer(&owner)),
+            }
+        }
+        lock(&self.users_registered).insert(user.clone(), owner);
+        Ok(())
+    }
+
+    /// Registers sessions with the local user actor.
+    pub(crate) async fn user_connect(
+        &self,
+        user: &UserId,
+        sessions: Vec<SessionId>,
+        node: Option<Arc<str>>,
+    ) -> Result<(), ApiError> {
         for _ in 0..2 {
-            let user = self
-                .users
-                .get(&member.user_id)
-                .await
-                .map_err(supervisor_error)?;
-            match user
+            let actor = self.users.get(user).await.map_err(supervisor_error)?;
+            let (s, n) = (sessions.clone(), node.clone());
+            match actor
                 .call(
-                    |reply| UserMsg::Connect { session, reply },
+                    move |reply| UserMsg::Connect {
+                        sessions: s,
+                        node: n,
+                        reply,
+                    },
                     Some(self.cfg.call_timeout),
                 )
                 .await
             {
-                Ok(CallResult::Success(bucket)) => return Ok(bucket),
+                Ok(CallResult::Success(())) => return Ok(()),
                 Ok(CallResult::Timeout) => break,
                 _ => continue,
             }
         }
-        self.hub.unregister(session);
         Err(ApiError::new(ErrorCode::Internal, "user actor unavailable"))
     }
 
     /// Forgets a session: leaves its rooms (firing `userLeft` where it was the user's last).
     pub fn disconnect(&self, session: SessionId, user: &UserId) {
         for room in self.hub.unregister(session) {
-            if let Some(r) = self.rooms.peek(&room) {
-                let _ = r.cast(RoomMsg::Leave { session });
+            self.tell_owner_left(session, &room);
+        }
+        {
+            let mut buckets = lock(&self.buckets);
+            if let Some(e) = buckets.get_mut(user) {
+                e.1 = e.1.saturating_sub(1);
+                if e.1 == 0 {
+                    buckets.remove(user);
+                    lock(&self.users_registered).remove(user);
+                }
             }
         }
-        if let Some(u) = self.users.peek(user) {
-            let _ = u.cast(UserMsg::Disconnect { session });
+        let owner = self.cluster.user_owner(user.as_str());
+        if self.cluster.is_local(&owner) {
+            if let Some(u) = self.users.peek(user) {
+                let _ = u.cast(UserMsg::Disconnect { session });
+            }
+        } else {
+            self.cluster.cast(
+                &owner,
+                Cast::UserDisconnect {
+                    session,
+                    user: user.clone(),
+                },
+            );
+        }
+    }
+
+    fn tell_owner_left(&self, session: SessionId, room: &RoomId) {
+        let owner = self.cluster.room_owner(room.as_str());
+        if self.cluster.is_local(&owner) {
+            if let Some(r) = self.rooms.peek(room) {
+                let _ = r.cast(RoomMsg::Leave { session });
+            }
+        } else {
+            self.cluster.cast(
+                &owner,
+                Cast::Leave {
+                    session,
+                    room: room.clone(),
+                },
+            );
         }
     }
 
@@ -244,15 +419,31 @@ impl Rooms {
             ));
         }
         let r = self
-            .ask_room(room, true, |reply| RoomMsg::Join {
-                session,
-                member: member.clone(),
-                reply,
-            })
+            .routed(
+                room,
+                || {
+                    self.ask_room(room, true, |reply| RoomMsg::Join {
+                        session,
+                        member: member.clone(),
+                        node: None,
+                        reply,
+                    })
+                },
+                || Request::Join {
+                    session,
+                    member: member.clone(),
+                    room: room.clone(),
+                },
+                |a| match a {
+                    Response::Join(r) => Some(r),
+                    _ => None,
+                },
+            )
             .await;
-        if r.is_err() {
-            // Also tell the room: it may have taken the session as a member before failing
-            // to answer in time.
+        // Also tell the owner when the join failed (it may have taken the session as a
+        // member before failing to answer in time) or when the session left or closed while
+        // the join was in flight (its leave may have reached the owner first).
+        if r.is_err() || !self.hub.is_subscribed(room, session) {
             self.leave(session, room);
         }
         r
@@ -260,9 +451,7 @@ impl Rooms {
 
     pub fn leave(&self, session: SessionId, room: &RoomId) {
         self.hub.unsubscribe(room, session);
-        if let Some(r) = self.rooms.peek(room) {
-            let _ = r.cast(RoomMsg::Leave { session });
-        }
+        self.tell_owner_left(session, room);
     }
 
     pub async fn send(
@@ -272,22 +461,49 @@ impl Rooms {
         req: SendRequest,
     ) -> Result<Arc<ChatMessage>, ApiError> {
         let room = req.room.clone();
-        self.ask_room(&room, false, |reply| RoomMsg::Send {
-            session,
-            member: member.clone(),
-            req: req.clone(),
-            reply,
-        })
+        self.routed(
+            &room,
+            || {
+                self.ask_room(&room, false, |reply| RoomMsg::Send {
+                    session,
+                    member: member.clone(),
+                    req: req.clone(),
+                    reply,
+                })
+            },
+            || Request::Send {
+                session,
+                member: member.clone(),
+                req: req.clone(),
+            },
+            |a| match a {
+                Response::Send(r) => Some(r.map(Arc::new)),
+                _ => None,
+            },
+        )
         .await
     }
 
     pub fn typing(&self, session: SessionId, member: &Member, room: &RoomId, is_typing: bool) {
-        if let Some(r) = self.rooms.peek(room) {
-            let _ = r.cast(RoomMsg::Typing {
-                session,
-                member: member.clone(),
-                is_typing,
-            });
+        let owner = self.cluster.room_owner(room.as_str());
+        if self.cluster.is_local(&owner) {
+            if let Some(r) = self.rooms.peek(room) {
+                let _ = r.cast(RoomMsg::Typing {
+                    session,
+                    member: member.clone(),
+                    is_typing,
+                });
+            }
+        } else {
+            self.cluster.cast(
+                &owner,
+                Cast::Typing {
+                    session,
+                    member: member.clone(),
+                    room: room.clone(),
+                    is_typing,
+                },
+            );
         }
     }
 
@@ -298,12 +514,27 @@ impl Rooms {
         room: &RoomId,
         up_to_seq: u64,
     ) -> Result<u64, ApiError> {
-        self.ask_room(room, true, |reply| RoomMsg::MarkRead {
-            session,
-            member: member.clone(),
-            up_to_seq,
-            reply,
-        })
+        self.routed(
+            room,
+            || {
+                self.ask_room(room, true, |reply| RoomMsg::MarkRead {
+                    session,
+                    member: member.clone(),
+                    up_to_seq,
+                    reply,
+                })
+            },
+            || Request::MarkRead {
+                session,
+                member: member.clone(),
+                room: room.clone(),
+                up_to_seq,
+            },
+            |a| match a {
+                Response::MarkRead(r) => Some(r),
+                _ => None,
+            },
+        )
         .await
     }
 

@@ -210,14 +210,57 @@ impl Hub {
         }
     }
 
-    /// Drops a slow consumer from every room and tells it to close.
+    /// Drops a slow consumer from every room's delivery and tells it to close. The session
+    /// stays registered (with its room list) until it disconnects, so that its disconnect
+    /// still tells each room's owner that it left.
     pub fn evict(&self, session: SessionId) {
-        let sink = read(&self.sessions).get(&session).map(|e| e.sink.clone());
-        self.unregister(session);
-        if let Some(sink) = sink {
-            metrics::counter!("parley_slow_consumer_evictions_total").increment(1);
-            sink.evict();
+        let (sink, rooms) = match read(&self.sessions).get(&session) {
+            Some(e) => (e.sink.clone(), e.rooms.clone()),
+            None => return,
+        };
+        for room in &rooms {
+            self.remove_sub(room, session);
         }
+        metrics::counter!("parley_slow_consumer_evictions_total").increment(1);
+        sink.evict();
+    }
+
+    /// Every room with sessions of this node, with those sessions.
+    pub fn rooms(&self) -> Vec<(RoomId, Vec<LocalMember>)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            for (room, subs) in read(shard).iter() {
+                out.push((
+                    room.clone(),
+                    subs.iter()
+                        .map(|(s, sub)| LocalMember {
+                            session: *s,
+                            member: Member {
+                                user_id: sub.user.clone(),
+                                username: sub.username.to_string(),
+                            },
+                        })
+                        .collect(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// True while `session` is subscribed to `room` on this node.
+    pub fn is_subscribed(&self, room: &RoomId, session: SessionId) -> bool {
+        read(self.shard(room))
+            .get(room)
+            .is_some_and(|subs| subs.contains_key(&session))
+    }
+
+    /// This node's sessions, per user.
+    pub fn sessions_by_user(&self) -> HashMap<UserId, Vec<SessionId>> {
+        let mut out: HashMap<UserId, Vec<SessionId>> = HashMap::new();
+        for (s, e) in read(&self.sessions).iter() {
+            out.entry(e.user.clone()).or_default().push(*s);
+        }
+        out
     }
 }
 
@@ -267,6 +310,8 @@ mod tests {
         assert_eq!(hub.deliver(&room, &p, None), 1);
         assert!(slow.evicted.load(Ordering::SeqCst));
         assert_eq!(hub.members_of(&room).len(), 1);
+        // The evicted session's disconnect still lists its rooms (its owner must hear of it).
+        assert_eq!(hub.unregister(SessionId(2)), vec![room.clone()]);
         assert_eq!(hub.deliver(&room, &p, Some(SessionId(1))), 0);
         assert_eq!(fast.got.load(Ordering::SeqCst), 2);
     }

@@ -12,13 +12,16 @@
 //! hub and store; users → nothing. Rooms never call sessions (they push into bounded queues
 //! through the hub) and never call users.
 
+pub mod cluster;
 pub mod facade;
 pub mod hub;
+mod remote;
 pub mod ring;
 pub mod room;
 pub mod supervisor;
 pub mod user;
 
+pub use cluster::{ClusterView, Transport, TransportError};
 pub use facade::{Rooms, RoomsConfig};
 pub use hub::Hub;
 pub use ring::Ring;

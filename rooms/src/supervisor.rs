@@ -72,6 +72,9 @@ pub enum SupervisorMsg<S: ChildSpec> {
     GetOrSpawn(S::Key, RpcReplyPort<Result<ChildRef<S>, SupervisorError>>),
 }
 
+// Local only: with ractor's `cluster` feature, message types opt in explicitly.
+impl<S: ChildSpec> ractor::Message for SupervisorMsg<S> {}
+
 pub struct Supervisor<S: ChildSpec> {
     spec: Arc<S>,
     policy: RestartPolicy,
@@ -288,6 +291,17 @@ impl<S: ChildSpec> Directory<S> {
             .get(key)
             .filter(|r| alive(&r.get_cell()))
             .cloned()
+    }
+
+    /// The live children.
+    pub fn entries(&self) -> Vec<(S::Key, ChildRef<S>)> {
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, r)| alive(&r.get_cell()))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
     }
 
     /// How many children are registered.

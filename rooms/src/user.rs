@@ -1,18 +1,21 @@
-//! The user actor: one per connected user, on the user's owner node.
+//! The user actor: one per connected user, on the user's owner node (chosen by the same
+//! consistent hash as rooms, over the key `u/<userId>`).
 //!
-//! It knows the user's sessions (presence across tabs and devices) and owns the user's rate
-//! limit: every session of the user gets the same [`TokenBucket`] from it, so opening more
-//! connections does not buy more throughput. Checking the bucket is a local lock, not a
-//! message to this actor, so the limit costs nothing on the hot path.
+//! It knows the user's sessions on every node (presence across tabs, devices and nodes):
+//! each node registers its sessions of the user here when they open, again when the user's
+//! owner changes, and the owner drops a node's sessions when that node leaves the cluster.
+//!
+//! The rate limit is not here: a token bucket per user *per node* is checked by the node's
+//! sessions with a local lock (see `Rooms::connect`), so the limit costs no message on the hot
+//! path. A user with sessions on k nodes can therefore send k × the rate; documented in
+//! `docs/consistency.md`.
 //!
 //! Started by the user supervisor on the user's first connection; stops after
-//! [`UserConfig::idle_timeout`] without sessions (the bucket goes with it, which is harmless:
-//! a user with no sessions sends nothing).
+//! [`UserConfig::idle_timeout`] without sessions.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_proto::rate::TokenBucket;
 use cluster_proto::{SessionId, UserId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -37,18 +40,23 @@ impl Default for UserConfig {
 }
 
 pub enum UserMsg {
-    /// A session of this user opened; answers with the user's shared rate limit.
+    /// Sessions of this user opened (on `node`, or this node when `None`).
     Connect {
-        session: SessionId,
-        reply: RpcReplyPort<Arc<TokenBucket>>,
+        sessions: Vec<SessionId>,
+        node: Option<Arc<str>>,
+        reply: RpcReplyPort<()>,
     },
     Disconnect {
         session: SessionId,
     },
-    /// The user's live sessions on this node.
-    Sessions(RpcReplyPort<Vec<SessionId>>),
+    /// A node left the cluster: its sessions are gone.
+    NodeDown(Arc<str>),
+    /// The user's live sessions, with their node (`None`: this node).
+    Sessions(RpcReplyPort<Vec<(SessionId, Option<Arc<str>>)>>),
     IdleCheck(u64),
 }
+
+impl ractor::Message for UserMsg {}
 
 pub struct User;
 
@@ -60,8 +68,7 @@ pub struct UserArgs {
 pub struct UserState {
     user: UserId,
     cfg: UserConfig,
-    sessions: Vec<SessionId>,
-    bucket: Arc<TokenBucket>,
+    sessions: Vec<(SessionId, Option<Arc<str>>)>,
     idle_gen: u64,
 }
 
@@ -87,7 +94,6 @@ impl Actor for User {
         args: UserArgs,
     ) -> Result<UserState, ActorProcessingErr> {
         Ok(UserState {
-            bucket: Arc::new(TokenBucket::new(args.cfg.rate_per_sec, args.cfg.burst)),
             user: args.user,
             cfg: args.cfg,
             sessions: Vec::new(),
@@ -111,15 +117,25 @@ impl Actor for User {
         state: &mut UserState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            UserMsg::Connect { session, reply } => {
-                if !state.sessions.contains(&session) {
-                    state.sessions.push(session);
+            UserMsg::Connect {
+                sessions,
+                node,
+                reply,
+            } => {
+                for session in sessions {
+                    if !state.sessions.iter().any(|(s, _)| *s == session) {
+                        state.sessions.push((session, node.clone()));
+                    }
                 }
                 state.idle_gen += 1;
-                let _ = reply.send(state.bucket.clone());
+                let _ = reply.send(());
             }
             UserMsg::Disconnect { session } => {
-                state.sessions.retain(|s| *s != session);
+                state.sessions.retain(|(s, _)| *s != session);
+                state.schedule_idle_check(&myself);
+            }
+            UserMsg::NodeDown(node) => {
+                state.sessions.retain(|(_, n)| n.as_deref() != Some(&*node));
                 state.schedule_idle_check(&myself);
             }
             UserMsg::Sessions(reply) => {

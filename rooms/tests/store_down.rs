@@ -212,7 +212,9 @@ impl Fixture {
             inner,
             mode: AtomicU8::new(mode),
         });
-        let rooms = Rooms::start(config(), store.clone(), Arc::new(Hub::default()))
+        let cfg = config();
+        let cluster = rooms::ClusterView::solo(&cfg.node_name);
+        let rooms = Rooms::start(cfg, store.clone(), Arc::new(Hub::default()), cluster)
             .await
             .expect("start rooms");
         Fixture {

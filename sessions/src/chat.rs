@@ -34,7 +34,10 @@ use crate::stats::stats;
 enum RoomPhase {
     /// Join sent, answer pending: pushes wait here.
     Joining(Vec<Arc<Push>>),
-    Joined,
+    /// Joined; the highest `newMessage` seq this session was given (from the join's history
+    /// or a push). A `newMessage` at or below it is a duplicate and is not sent: in a
+    /// cluster, the pushes of a room's old and new owner can overlap while it moves.
+    Joined(u64),
 }
 
 /// The transport-independent state of an authenticated session.
@@ -384,7 +387,7 @@ fn joined<A: ChatTransport>(
     };
     let held = match core.rooms.get_mut(&room) {
         Some(RoomPhase::Joining(held)) => std::mem::take(held),
-        Some(RoomPhase::Joined) => Vec::new(),
+        Some(RoomPhase::Joined(_)) => Vec::new(),
         // Left while joining.
         None => {
             if res.is_ok() {
@@ -401,17 +404,23 @@ fn joined<A: ChatTransport>(
             return reject(act, ctx, id, EventKind::JoinRoom, &e);
         }
     };
-    core.rooms.insert(room, RoomPhase::Joined);
+    let mut top = reply.last_seq.unwrap_or(0);
     act.send_history(ctx, &reply);
     ack_now(act, ctx, id, &reply);
     for p in held {
         // Without history (`last_seq: None`) nothing held is a duplicate: a room assigns
         // no seq before its history is loaded.
-        let in_history = matches!((p.seq, reply.last_seq), (Some(s), Some(last)) if s <= last);
-        if p.kind == PushKind::NewMessage && in_history {
-            continue;
+        if p.kind == PushKind::NewMessage {
+            match p.seq {
+                Some(s) if s <= top => continue,
+                Some(s) => top = s,
+                None => {}
+            }
         }
         act.send_push(ctx, &p);
+    }
+    if let Some(core) = act.core() {
+        core.rooms.insert(room, RoomPhase::Joined(top));
     }
 }
 
@@ -429,7 +438,17 @@ pub(crate) fn push<A: ChatTransport>(act: &mut A, ctx: &mut A::Context, p: Arc<P
             }
             held.push(p);
         }
-        Some(RoomPhase::Joined) => act.send_push(ctx, &p),
+        Some(RoomPhase::Joined(top)) => {
+            if p.kind == PushKind::NewMessage {
+                if let Some(s) = p.seq {
+                    if s <= *top {
+                        return;
+                    }
+                    *top = s;
+                }
+            }
+            act.send_push(ctx, &p)
+        }
         // A push for a room this session has left: drop it.
         None if p.room.is_some() => {}
         None => act.send_push(ctx, &p),

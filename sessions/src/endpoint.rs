@@ -42,14 +42,31 @@ impl SessionsContext {
             limits,
             shutdown,
             engine: crate::socketio::Registry::default(),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(session_id_base()),
         }
     }
 
-    /// A session id unique in this process.
+    /// A session id unique in the cluster: rooms key members of every node by it. The high 32
+    /// bits are random per process, the low 32 count up (see [`session_id_base`]).
     pub fn next_session_id(&self) -> SessionId {
         SessionId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
+}
+
+/// The first session id of this process: 32 random bits, then a counter from 1. Two
+/// processes collide only if their random halves match (about 1 in 4 billion per pair of
+/// node incarnations) *and* both are still alive with sessions in one room; the counter
+/// would need 4 billion sessions to reach the next process's space.
+fn session_id_base() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    h.write_u64(nanos);
+    ((h.finish() >> 32) << 32) | 1
 }
 
 fn error_response(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {

@@ -14,7 +14,7 @@ impl RoomState {
     /// Adds the hub's sessions of this room: members never depend on the store.
     pub(super) fn rebuild_members(&mut self) {
         for lm in self.deps.hub.members_of(&self.room) {
-            self.add_session(lm.session, &lm.member);
+            self.add_session(lm.session, &lm.member, None);
         }
     }
 
@@ -166,13 +166,13 @@ impl RoomState {
         if self.restarted || lost_ack || (was_loaded && self.durable != previous) {
             self.restarted = false;
             let push = self.resync_push();
-            self.deps.hub.deliver(&self.room, &push, None);
+            self.fan_out(&push, None);
         } else if !degraded.is_empty() {
             // Sessions that joined without history fetch it now.
             let push = self.resync_push();
             for s in degraded {
                 if self.sessions.contains_key(&s) {
-                    self.deps.hub.deliver_to(s, &push);
+                    self.deliver_to(s, &push);
                 }
             }
         }

@@ -52,11 +52,13 @@ use history::{HistoryStore, Receipt, StoreError, WriteOp};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
+use crate::cluster::ClusterView;
 use crate::hub::Hub;
 
 mod load;
 mod presence;
 mod receipts;
+mod remote;
 mod send;
 
 /// Tuning shared by all rooms of a node.
@@ -105,18 +107,32 @@ impl Default for RoomConfig {
 pub struct RoomDeps {
     pub store: Arc<dyn HistoryStore>,
     pub hub: Arc<Hub>,
+    pub cluster: Arc<ClusterView>,
     pub cfg: RoomConfig,
 }
 
 pub type Reply<T> = RpcReplyPort<Result<T, ApiError>>;
 
-/// Messages a room handles.
+/// Messages a room handles (local only: rooms are never addressed across nodes).
 pub enum RoomMsg {
     Join {
         session: SessionId,
         member: Member,
+        /// The session's node when it is not this one.
+        node: Option<Arc<str>>,
         reply: Reply<JoinReply>,
     },
+    /// After an owner change: sessions that were members under the previous owner (of
+    /// `node`, or of this node when `None`). Added silently and pushed `resync`.
+    Rejoin {
+        node: Option<Arc<str>>,
+        members: Vec<(SessionId, Member)>,
+    },
+    /// A node left the cluster: its sessions are gone.
+    NodeDown(Arc<str>),
+    /// This node no longer owns the room: finish the writes in flight, refuse the rest with
+    /// `room_moved`, then stop.
+    Handoff,
     Leave {
         session: SessionId,
     },
@@ -165,6 +181,8 @@ pub enum RoomMsg {
     InjectPanic,
 }
 
+impl ractor::Message for RoomMsg {}
+
 /// The room actor (stateless; its state is [`RoomState`]).
 pub struct Room;
 
@@ -207,6 +225,15 @@ struct PendingSend {
     msg: Arc<ChatMessage>,
     waiters: Vec<Reply<Arc<ChatMessage>>>,
     outcome: Option<Result<(), StoreError>>,
+}
+
+/// Why a room stops serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retiring {
+    /// Ownership moved (membership change): drain, then stop.
+    Moved,
+    /// The store fenced this incarnation: a newer owner claimed the room.
+    Fenced,
 }
 
 struct MemberEntry {
@@ -254,6 +281,12 @@ pub struct RoomState {
     failed_in_flight: bool,
     members: HashMap<UserId, MemberEntry>,
     sessions: HashMap<SessionId, UserId>,
+    /// Sessions of other nodes, with their node.
+    remote: HashMap<SessionId, Arc<str>>,
+    /// Members per other node: where a push goes, one frame per node.
+    remote_nodes: HashMap<Arc<str>, usize>,
+    /// Set when the room stops serving (see [`Retiring`]).
+    retiring: Option<Retiring>,
     typing: HashMap<UserId, TypingEntry>,
     typing_timer: bool,
     recent: VecDeque<Arc<ChatMessage>>,
@@ -346,6 +379,9 @@ impl Actor for Room {
             failed_in_flight: false,
             members: HashMap::new(),
             sessions: HashMap::new(),
+            remote: HashMap::new(),
+            remote_nodes: HashMap::new(),
+            retiring: None,
             typing: HashMap::new(),
             typing_timer: false,
             recent: VecDeque::new(),
@@ -361,9 +397,26 @@ impl Actor for Room {
         myself: ActorRef<RoomMsg>,
         state: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
+        // Started (or restarted by the supervisor) on a node that no longer owns the room.
+        let owner = state.deps.cluster.room_owner(state.room.as_str());
+        if !state.deps.cluster.is_local(&owner) {
+            myself.stop(Some("not the owner".into()));
+            return Ok(());
+        }
         // Members first (after a restart they are the hub's sessions): presence and typing
         // work before, and without, the history. The load runs in the background.
         state.rebuild_members();
+        if state.restarted {
+            // Members of other nodes are not in this node's hub: ask them to register again.
+            let ring = state.deps.cluster.ring();
+            let local = state.deps.cluster.local().clone();
+            state.deps.cluster.cast_to(
+                ring.nodes().filter(|n| *n != &*local),
+                cluster_proto::wire::Cast::Reregister {
+                    room: state.room.clone(),
+                },
+            );
+        }
         state.start_load(&myself);
         Ok(())
     }
@@ -378,9 +431,24 @@ impl Actor for Room {
             RoomMsg::Join {
                 session,
                 member,
+                node,
                 reply,
-            } => state.join(&myself, session, member, reply),
+            } => match state.retiring {
+                Some(_) => {
+                    let _ = reply.send(Err(state.moved()));
+                }
+                None => state.join(&myself, session, member, node, reply),
+            },
+            RoomMsg::Rejoin { node, members } => state.rejoin(&myself, node, members),
+            RoomMsg::NodeDown(node) => state.node_down(&myself, &node),
+            RoomMsg::Handoff => state.retire(&myself, Retiring::Moved),
             RoomMsg::Leave { session } => state.leave(&myself, session),
+            RoomMsg::Send { reply, .. } if state.retiring.is_some() => {
+                let _ = reply.send(Err(state.moved()));
+            }
+            RoomMsg::MarkRead { reply, .. } if state.retiring.is_some() => {
+                let _ = reply.send(Err(state.moved()));
+            }
             RoomMsg::Send {
                 session,
                 member,

@@ -6,18 +6,24 @@
 use super::*;
 
 impl RoomState {
-    pub(super) fn fan_out(&self, push: &Arc<Push>, except: Option<SessionId>) {
-        self.deps.hub.deliver(&self.room, push, except);
-    }
-
-    /// Adds a session; true if it is its user's first session here.
-    pub(super) fn add_session(&mut self, session: SessionId, member: &Member) -> bool {
+    /// Adds a session (of `node`, or of this node when `None`); true if it is its user's
+    /// first session here.
+    pub(super) fn add_session(
+        &mut self,
+        session: SessionId,
+        member: &Member,
+        node: Option<Arc<str>>,
+    ) -> bool {
         if self
             .sessions
             .insert(session, member.user_id.clone())
             .is_some()
         {
             return false;
+        }
+        if let Some(node) = node {
+            *self.remote_nodes.entry(node.clone()).or_insert(0) += 1;
+            self.remote.insert(session, node);
         }
         let entry = self
             .members
@@ -50,9 +56,10 @@ impl RoomState {
         myself: &ActorRef<RoomMsg>,
         session: SessionId,
         member: Member,
+        node: Option<Arc<str>>,
         reply: Reply<JoinReply>,
     ) {
-        if self.add_session(session, &member) {
+        if self.add_session(session, &member, node) {
             let p = self.presence_push(PushKind::UserJoined, &member.user_id, &member.username);
             self.fan_out(&p, Some(session));
         }
@@ -101,6 +108,7 @@ impl RoomState {
         let Some(user) = self.sessions.remove(&session) else {
             return;
         };
+        self.forget_remote(session);
         self.degraded.remove(&session);
         let last = match self.members.get_mut(&user) {
             Some(e) => {

@@ -149,6 +149,10 @@ impl RoomState {
                 None => {}
             }
         }
+        if self.pending.is_empty() && self.retiring.is_some() {
+            myself.stop(Some("ownership moved".into()));
+            return;
+        }
         if self.pending.is_empty() {
             if self.failed_in_flight {
                 // Every failed seq is free again, unless a commit landed whose ack was lost:
