@@ -24,7 +24,14 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::harness::{token, Client};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+/// The requests waiting for their ack, and how the session ended (once it has).
+#[derive(Default)]
+struct Shared {
+    pending: HashMap<u64, oneshot::Sender<Value>>,
+    closed: Option<Option<u16>>,
+}
+
+type Pending = Arc<Mutex<Shared>>;
 
 /// How long a connection attempt (TCP + upgrade) may take.
 const CONNECT_WITHIN: Duration = Duration::from_secs(5);
@@ -88,6 +95,7 @@ impl Conn {
                                 let waiter = pending
                                     .lock()
                                     .unwrap_or_else(|p| p.into_inner())
+                                    .pending
                                     .remove(&id);
                                 if let Some(w) = waiter {
                                     let _ = w.send(v);
@@ -104,8 +112,12 @@ impl Conn {
                         Err(_) => break,
                     }
                 }
-                // Every waiting request learns that the session is gone.
-                pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                // Every waiting request, and every later one, learns that the session is gone.
+                {
+                    let mut shared = pending.lock().unwrap_or_else(|p| p.into_inner());
+                    shared.closed = Some(code);
+                    shared.pending.clear();
+                }
                 let _ = events.send(Event::Closed(code));
             })
         };
@@ -130,10 +142,13 @@ impl Conn {
     ) -> Result<Value, RequestError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
+        {
+            let mut shared = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if shared.closed.is_some() {
+                return Err(RequestError::Closed);
+            }
+            shared.pending.insert(id, tx);
+        }
         let frame = json!({"event": event, "data": data, "id": id}).to_string();
         let outcome = tokio::time::timeout(within, async {
             self.sink
@@ -150,9 +165,33 @@ impl Conn {
             self.pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
+                .pending
                 .remove(&id);
         }
         outcome
+    }
+
+    /// How the session ended, once it has: `Some(close code)`.
+    pub fn closed(&self) -> Option<Option<u16>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .closed
+    }
+
+    /// Waits up to `within` for the session to end; its close code (`None`: no close frame,
+    /// or still open).
+    pub async fn close_code(&self, within: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(code) = self.closed() {
+                return code;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::reader::Reader;
-use crate::scenario::{bounded, probe, probe_pushed, verify};
+use crate::scenario::{bounded, probe, probe_pushed, settled, verify};
 use crate::sender::{all_acked, check_senders, Sender, SenderConfig};
 
 const TEST: &str = "kill_owner_under_traffic";
@@ -16,6 +16,8 @@ const TEST: &str = "kill_owner_under_traffic";
 /// * A and C converge to {a, c} and agree on a new owner, not B;
 /// * traffic continues: 50 more acks, no message given up (30 s of retries each);
 /// * a probe sent afterwards reaches both readers as a push (fan-out from the new owner);
+/// * the readers are gap-free up to the last ack before any final resume (every push lost
+///   with B was announced by a `resync`);
 /// * after a final catch-up every acked message is on every reader exactly once, in seq order,
 ///   no seq pushed twice, no seq carrying two messages, and the acks agree among themselves.
 ///
@@ -65,12 +67,19 @@ async fn kill_owner_under_traffic() {
         }
         let p = probe(&cluster.node("a").addr, "prober", &room).await;
         probe_pushed(&[&readers[0], &readers[1]], &p, Duration::from_secs(20)).await;
+        let mut acked = all_acked(std::slice::from_ref(&log));
+        acked.push(p);
+        settled(
+            TEST,
+            &[&readers[0], &readers[1]],
+            &acked,
+            Duration::from_secs(20),
+        )
+        .await;
         let mut states = Vec::new();
         for r in readers {
             states.push(r.finish(Duration::from_secs(60)).await);
         }
-        let mut acked = all_acked(std::slice::from_ref(&log));
-        acked.push(p);
         let more = check_senders(std::slice::from_ref(&log), false);
         verify(TEST, &states, std::slice::from_ref(&log), &acked, more);
     })

@@ -5,8 +5,9 @@
 //! A cluster needs the CQL history store, so the scenarios follow `tests/e2e/cql.rs`: without
 //! `PARLEY_TEST_CQL` they print NOT RUN and return (they fail under `CI`). They run one at a
 //! time, each within a bound, each on a keyspace of its own that is dropped at the end; their
-//! processes are killed when the test ends, passed or failed. The proxy and the bookkeeping
-//! ([`ledger`]) have unit tests that need nothing.
+//! processes are killed when the test ends, passed or failed. What needs no cluster runs
+//! always: the unit tests of the fault [`proxy`] and of the bookkeeping ([`ledger`]), and a
+//! [`selftest`] of the readers, senders and checks against one ordinary node.
 //!
 //! ```sh
 //! scripts/cassandra.sh start
@@ -50,4 +51,5 @@ mod kill_owner;
 mod node_joins;
 mod partition;
 mod route;
+mod selftest;
 mod sigterm;

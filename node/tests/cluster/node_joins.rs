@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::reader::Reader;
-use crate::scenario::{bounded, probe, probe_pushed, verify};
+use crate::scenario::{bounded, probe, probe_pushed, settled, verify};
 use crate::sender::{all_acked, check_senders, Sender, SenderConfig};
 
 const TEST: &str = "node_joins_under_traffic";
@@ -40,7 +40,8 @@ fn rooms() -> Vec<String> {
 /// * all four converge to {a, b, c, d}; every node agrees on each owner, which is
 ///   `Ring{a,b,c,d}`'s: at least one room moved to D, and no other room moved at all;
 /// * traffic continues: 50 more acks per sender, nothing given up;
-/// * a probe in every room reaches both readers as a push;
+/// * a probe in every room reaches both readers as a push, and the readers
+///   are gap-free up to the last ack before any final resume (a lost push comes with `resync`);
 /// * every acked message on every reader exactly once, in seq order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_joins_under_traffic() {
@@ -134,6 +135,13 @@ async fn node_joins_under_traffic() {
             probe_pushed(&[&readers[0], &readers[1]], &p, Duration::from_secs(20)).await;
             acked.push(p);
         }
+        settled(
+            TEST,
+            &[&readers[0], &readers[1]],
+            &acked,
+            Duration::from_secs(20),
+        )
+        .await;
         let mut states = Vec::new();
         for r in readers {
             states.push(r.finish(Duration::from_secs(60)).await);

@@ -61,6 +61,32 @@ pub async fn probe_pushed(readers: &[&Reader], p: &Acked, within: Duration) {
     );
 }
 
+/// Waits until every reader knows every acknowledged message of its rooms **before** any final
+/// `resume`: a push the cluster lost must have been announced by `resync` (which the readers
+/// answer) or by the end of the session (after which they rejoin and catch up). A reader left
+/// with a silent gap fails here.
+pub async fn settled(test: &str, readers: &[&Reader], acked: &[Acked], within: Duration) {
+    let t0 = Instant::now();
+    for r in readers {
+        r.wait_for(
+            "gap-free without a final resume (a lost push must come with a resync)",
+            within,
+            |s| {
+                s.rooms.iter().all(|(room, log)| {
+                    let last = acked_in(acked, room).iter().map(|a| a.seq).max();
+                    log.contiguous() >= last.unwrap_or(0)
+                })
+            },
+        )
+        .await;
+    }
+    report!(
+        "{test}: {} readers gap-free up to the last ack after {:?}",
+        readers.len(),
+        t0.elapsed()
+    );
+}
+
 /// Every message of `room`, by `resume` pages from seq 0, on a fresh session on `node`
 /// (retrying the server's failures for at most `within`).
 pub async fn full_history(node: &str, room: &str, within: Duration) -> Vec<Msg> {

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::conn::{error_code, retryable, Conn, Event, RequestError};
+use crate::conn::{error_code, retryable, Conn, RequestError};
 use crate::ledger::Acked;
 
 /// Deadline of one request.
@@ -193,8 +193,8 @@ fn count(log: &Mutex<SenderLog>, what: &str) {
     with(log, |l| *l.errors.entry(what.to_string()).or_default() += 1);
 }
 
-/// A session and its events.
-type Session = (Conn, mpsc::UnboundedReceiver<Event>);
+/// A session (its pushes are not needed: the conn drops them once its receiver is gone).
+type Session = Conn;
 
 async fn run(cfg: SenderConfig, log: Arc<Mutex<SenderLog>>, stopped: watch::Receiver<bool>) {
     let mut next_node = 0usize;
@@ -228,7 +228,7 @@ async fn run(cfg: SenderConfig, log: Arc<Mutex<SenderLog>>, stopped: watch::Rece
                     continue; // the deadline check above abandons the message
                 }
             }
-            let (conn, events) = session.as_mut().expect("a session");
+            let conn = session.as_ref().expect("a session");
             attempts += 1;
             with(&log, |l| l.attempts += 1);
             let data = json!({"roomId": room, "text": text, "clientMsgId": cmid});
@@ -285,7 +285,7 @@ async fn run(cfg: SenderConfig, log: Arc<Mutex<SenderLog>>, stopped: watch::Rece
                 }
                 Err(RequestError::Closed) => {
                     count(&log, "session closed");
-                    let code = closed_code(events).await;
+                    let code = conn.close_code(Duration::from_millis(500)).await;
                     with(&log, |l| l.closes.push((conn.node.clone(), code)));
                     session = None;
                     next_node += 1;
@@ -300,23 +300,9 @@ async fn run(cfg: SenderConfig, log: Arc<Mutex<SenderLog>>, stopped: watch::Rece
 
 /// Drops a session that stopped answering, recording its end (no close code).
 async fn end_session(log: &Mutex<SenderLog>, session: &mut Option<Session>) {
-    if let Some((conn, _)) = session.take() {
+    if let Some(conn) = session.take() {
         with(log, |l| l.closes.push((conn.node.clone(), None)));
     }
-}
-
-/// The close code of a session whose requests fail as closed (waits up to 500 ms for it).
-async fn closed_code(events: &mut mpsc::UnboundedReceiver<Event>) -> Option<u16> {
-    tokio::time::timeout(Duration::from_millis(500), async {
-        while let Some(ev) = events.recv().await {
-            if let Event::Closed(code) = ev {
-                return code;
-            }
-        }
-        None
-    })
-    .await
-    .unwrap_or(None)
 }
 
 /// A session on the next node that answers, joined to every room; `None` at `deadline`.
@@ -328,8 +314,8 @@ async fn connect(
 ) -> Option<Session> {
     'nodes: while Instant::now() < deadline {
         let node = &cfg.nodes[*next_node % cfg.nodes.len()];
-        let (conn, events) = match Conn::open(node, &cfg.user).await {
-            Ok(s) => s,
+        let conn = match Conn::open(node, &cfg.user).await {
+            Ok((conn, _pushes)) => conn,
             Err(_) => {
                 count(log, "connect");
                 *next_node += 1;
@@ -370,7 +356,7 @@ async fn connect(
                 }
             }
         }
-        return Some((conn, events));
+        return Some(conn);
     }
     None
 }

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::reader::Reader;
-use crate::scenario::{bounded, probe, probe_pushed, verify};
+use crate::scenario::{bounded, probe, probe_pushed, settled, verify};
 use crate::sender::{all_acked, check_senders, Sender, SenderConfig};
 
 const TEST: &str = "sigterm_drains";
@@ -19,7 +19,8 @@ const TEST: &str = "sigterm_drains";
 /// * every session on C was closed with code 1001 (readers and sender), and each reconnected
 ///   to A, rejoined and caught up (readers: ready on A);
 /// * traffic continues: 30 more acks per sender, nothing given up;
-/// * a probe in every room reaches every reader as a push;
+/// * a probe in every room reaches every reader as a push, and the readers
+///   are gap-free up to the last ack before any final resume (a lost push comes with `resync`);
 /// * every acked message on every reader exactly once, in seq order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains() {
@@ -101,6 +102,13 @@ async fn sigterm_drains() {
         }
         let c = cluster.node("c").addr.clone();
         let mut more = check_senders(&logs, false);
+        settled(
+            TEST,
+            &readers.iter().collect::<Vec<_>>(),
+            &acked,
+            Duration::from_secs(20),
+        )
+        .await;
         let mut states = Vec::new();
         for r in readers {
             states.push(r.finish(Duration::from_secs(60)).await);
