@@ -161,3 +161,59 @@ async fn drop_where(target: &str, pick: impl Fn(&str) -> bool) -> bool {
     }
     ok
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::{Client, Node};
+
+    async fn keyspaces(target: &str) -> Vec<String> {
+        let nodes: Vec<&str> = target.split(',').map(str::trim).collect();
+        let session = scylla::client::session_builder::SessionBuilder::new()
+            .known_nodes(&nodes)
+            .build()
+            .await
+            .expect("connect to the CQL server");
+        let rows = session
+            .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", &[])
+            .await
+            .expect("list keyspaces")
+            .into_rows_result()
+            .expect("rows");
+        rows.rows::<(String,)>()
+            .expect("names")
+            .flatten()
+            .map(|(n,)| n)
+            .collect()
+    }
+
+    /// A node (not clustered) on a test keyspace stores messages there, and dropping the
+    /// [`Keyspace`] removes it from the server.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_test_keyspace_is_used_by_the_node_and_dropped_afterwards() {
+        let Some(target) = cql_target("a_test_keyspace_is_used_by_the_node_and_dropped_afterwards")
+        else {
+            return;
+        };
+        let ks = Keyspace::new(&target).await;
+        let name = ks.name.clone();
+        assert!(name.len() <= 48, "{name}");
+        {
+            let args = ks.node_args();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let node = Node::start(&args).await;
+            let mut a = Client::connect(&node, "a").await;
+            a.join("r").await;
+            assert_eq!(a.say("r", "hello").await["seq"], 1);
+        }
+        assert!(
+            keyspaces(&target).await.contains(&name),
+            "{name} not created"
+        );
+        drop(ks);
+        assert!(
+            !keyspaces(&target).await.contains(&name),
+            "{name} not dropped"
+        );
+    }
+}
