@@ -43,8 +43,6 @@ pub struct ReaderState {
     /// (node, close code) of every session that ended.
     pub closes: Vec<(String, Option<u16>)>,
     pub resyncs: u64,
-    /// (roomId, userId) of every `userJoined`.
-    pub user_joined: Vec<(String, String)>,
     /// Failed requests that were retried, by code.
     pub errors: BTreeMap<String, u64>,
     /// Why the reader gave up, if it did.
@@ -119,10 +117,15 @@ impl Reader {
                     );
                 }
                 if Instant::now() > deadline {
+                    let rooms: Vec<String> = s
+                        .rooms
+                        .iter()
+                        .map(|(r, l)| format!("{r}: 1..={} of {}", l.contiguous(), l.max_seq()))
+                        .collect();
                     panic!(
                         "reader {}: not {what} within {within:?}; on {} (ready: {}), sessions \
-                         {}, closes {:?}, errors {:?}",
-                        self.user, s.node, s.ready, s.sessions, s.closes, s.errors
+                         {}, closes {:?}, {} resyncs, errors {:?}, known {rooms:?}",
+                        self.user, s.node, s.ready, s.sessions, s.closes, s.resyncs, s.errors
                     );
                 }
             }
@@ -403,10 +406,6 @@ impl Session<'_> {
                     return self.catch_up(&room).await;
                 }
                 self.violation(&room, format!("resync of a room not joined: {v}"));
-            }
-            Some("userJoined") => {
-                let who = data["userId"].as_str().unwrap_or_default().to_string();
-                set(self.state, |s| s.user_joined.push((room, who)));
             }
             Some("error") => count(self.state, &format!("pushed error {}", data["code"])),
             Some(_) => {}
