@@ -92,7 +92,7 @@ mod cql_only {
     use history::scylla::{migrate, ScyllaConfig, ScyllaStore, SCHEMA_VERSION};
     use history::{HistoryStore, StoreError, WriteOp};
 
-    use super::harness::{msg, room, Backend};
+    use super::harness::{msg, room, seqs, Backend};
 
     async fn cfg() -> Option<ScyllaConfig> {
         match Backend::cql().await {
@@ -215,38 +215,72 @@ mod cql_only {
         node2.shutdown().await;
     }
 
-    /// Rows left above `last_seq` by a writer of schema 1 (ordinary microsecond timestamps,
-    /// here from a clock 10 s ahead) lose against the next owner's rows of that seq.
+    /// A room written under schema 1 (plain writes with ordinary microsecond timestamps;
+    /// `room_state` without an epoch; a row above `last_seq` left by a failed write of a node
+    /// whose clock was 10 s ahead) is claimed from its last seq, and the owner's rows beat the
+    /// old ones.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fence_timestamps_beat_schema_1_rows() {
+    async fn fence_takes_over_rooms_of_schema_1() {
         let Some(cfg) = cfg().await else { return };
-        let s = ScyllaStore::connect(&cfg).await.expect("connect");
         let r = room("fence-legacy");
-        s.claim(&r).await.expect("claim");
-        s.submit(vec![WriteOp::Message(msg(&r, 1))]).await.unwrap();
         let session = scylla::client::session_builder::SessionBuilder::new()
             .known_nodes(&cfg.contact_points)
             .build()
             .await
             .expect("session");
-        let ahead = std::time::SystemTime::now()
+        let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
-            .as_micros() as i64
-            + 10_000_000;
+            .as_micros() as i64;
+        let ks = &cfg.keyspace;
         let insert = format!(
-            "INSERT INTO {}.messages (room_id, bucket, seq, msg_id, user_id, username, body, \
-             attachments, sent_at, client_msg_id) VALUES (?, 0, 2, 'legacy', 'u0', 'Legacy', \
-             'left by a failed write of schema 1', '[]', 0, null) USING TIMESTAMP ?",
-            cfg.keyspace
+            "INSERT INTO {ks}.messages (room_id, bucket, seq, msg_id, user_id, username, body, \
+             attachments, sent_at, client_msg_id) VALUES (?, 0, ?, 'legacy', 'u0', 'Legacy', \
+             'written under schema 1', '[]', 0, null) USING TIMESTAMP ?"
         );
+        for (seq, ts) in [(1i64, now), (2, now + 10_000_000)] {
+            session
+                .query_unpaged(insert.as_str(), (r.as_str(), seq, ts))
+                .await
+                .expect("insert a schema-1 row");
+        }
+        let commit =
+            format!("UPDATE {ks}.room_state USING TIMESTAMP ? SET last_seq = 1 WHERE room_id = ?");
         session
-            .query_unpaged(insert.as_str(), (r.as_str(), ahead))
+            .query_unpaged(commit.as_str(), (now, r.as_str()))
             .await
-            .expect("insert a schema-1 row");
-        assert_eq!(s.latest(&r, 10).await.unwrap().len(), 1, "above last_seq");
+            .expect("commit under schema 1");
+
+        let s = ScyllaStore::connect(&cfg).await.expect("connect");
+        let c = s.claim(&r).await.expect("claim");
+        assert_eq!(c.last_seq, 1);
+        assert!(c.epoch > 0);
+        let got = s.latest(&r, 10).await.unwrap();
+        assert_eq!(
+            seqs(&got),
+            vec![1],
+            "the row above last_seq stays invisible"
+        );
         s.submit(vec![WriteOp::Message(msg(&r, 2))]).await.unwrap();
-        assert_eq!(s.latest(&r, 10).await.unwrap()[1], msg(&r, 2));
+        let got = s.latest(&r, 10).await.unwrap();
+        assert_eq!(got[1], msg(&r, 2), "the owner's row replaced the old one");
+        assert_eq!(s.room_meta(&r).await.unwrap().last_seq, 2);
+
+        // A last_seq cell written from a clock far ahead would shadow the fenced commits (LWT
+        // cells carry the coordinator's clock): the room cannot be claimed until that time.
+        let ahead = room("fence-legacy-ahead");
+        session
+            .query_unpaged(commit.as_str(), (now + 3_600_000_000, ahead.as_str()))
+            .await
+            .expect("commit under schema 1");
+        match s.claim(&ahead).await {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains("future"), "{m}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert!(matches!(
+            s.submit(vec![WriteOp::Message(msg(&ahead, 2))]).await,
+            Err(StoreError::Fenced { epoch: 0, .. })
+        ));
         s.shutdown().await;
     }
 

@@ -31,6 +31,8 @@ pub(crate) struct Statements {
     pub commit_last_seq: PreparedStatement,
     /// LWT: `SET epoch = ? ... IF epoch = ? AND last_seq = ?`, a claim.
     pub claim_epoch: PreparedStatement,
+    /// `epoch, last_seq, WRITETIME(last_seq)`: a claim's first guess and its clock check.
+    pub get_claim_state: PreparedStatement,
     /// LWT: `SET epoch = ? ... IF epoch = ?`, an owner renewing its epoch.
     pub renew_epoch: PreparedStatement,
     pub get_last_seq: PreparedStatement,
@@ -98,6 +100,14 @@ impl Statements {
                      IF epoch = ? AND last_seq = ?"
                 ),
                 false,
+            )
+            .await?,
+            get_claim_state: p(
+                format!(
+                    "SELECT epoch, last_seq, WRITETIME(last_seq) FROM {ks}.room_state \
+                     WHERE room_id = ?"
+                ),
+                true,
             )
             .await?,
             renew_epoch: p(

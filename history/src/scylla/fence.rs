@@ -3,11 +3,20 @@
 //! **Epochs.** `room_state.epoch` is the room's fence token. [`Core::claim_room`] raises it
 //! with a lightweight transaction (Paxos, at the configured serial consistency):
 //! `UPDATE room_state SET epoch = ? WHERE room_id = ? IF epoch = ? AND last_seq = ?`, with the
-//! values last seen (`null` for a new room: a missing row or cell matches `= null`). When the
-//! condition fails the answer carries the current `epoch` and `last_seq`, and the claim tries
-//! again with those (bounded: [`CLAIM_ROUNDS`]). Because `last_seq` is in the condition, the
-//! claim learns the room's committed last seq in the same linearizable step that raises the
-//! epoch.
+//! values a plain read just saw (`null` for a new room: a missing row or cell matches
+//! `= null`). When the condition fails the answer carries the current `epoch` and
+//! `last_seq`, and the claim tries again with those (bounded: [`CLAIM_ROUNDS`]). Because
+//! `last_seq` is in the condition, the claim learns the room's committed last seq in the same
+//! linearizable step that raises the epoch.
+//!
+//! **Cells of schema 1.** An LWT writes its cells with the Paxos ballot's timestamp, the
+//! coordinator's clock. A `last_seq` cell written under schema 1 by a client whose clock was
+//! ahead would shadow every fenced commit until that time has passed: a claim meanwhile would
+//! read the old value and its owner would overwrite acknowledged messages. So the claim's
+//! read also takes `WRITETIME(last_seq)`, and a claim fails with `Unavailable` while that lies
+//! more than [`CLOCK_TOLERANCE_MICROS`] in the future of this node's clock (the room actor
+//! retries its load later). The tolerance absorbs the ordinary skew between this node and the
+//! coordinators, whose clocks stamp the commits of schema 2.
 //!
 //! **Fenced commit.** Once LWTs touch `room_state`, every write to it must be one (Paxos and
 //! plain writes do not order against each other). The commit of a group (phase 2 of
@@ -57,6 +66,9 @@ pub(crate) const COUNTER_BITS: u32 = 24;
 
 /// Epochs above this would not fit a positive 64-bit timestamp.
 const MAX_EPOCH: u64 = (1 << (63 - COUNTER_BITS)) - 1;
+
+/// How far in this node's future `WRITETIME(room_state.last_seq)` may be before a claim waits.
+pub(crate) const CLOCK_TOLERANCE_MICROS: i64 = 1_000_000;
 
 /// Compare-and-set rounds a claim makes against concurrent claims and commits.
 pub(crate) const CLAIM_ROUNDS: usize = 16;
@@ -140,7 +152,31 @@ impl Core {
     /// Raises the room's epoch above every earlier claim and returns it with the room's
     /// committed last seq (see the module docs).
     pub async fn claim_room(&self, room: &RoomId) -> Result<Claim, StoreError> {
-        let (mut seen_epoch, mut seen_last): (Option<i64>, Option<i64>) = (None, None);
+        let res = self
+            .retrier
+            .run("select room_state for a claim", || {
+                self.session
+                    .execute_unpaged(&self.st.get_claim_state, (room.as_str(),))
+            })
+            .await?;
+        let row = res
+            .into_rows_result()
+            .map_err(row_err)?
+            .maybe_first_row::<(Option<i64>, Option<i64>, Option<i64>)>()
+            .map_err(row_err)?;
+        let (mut seen_epoch, mut seen_last, written) = row.unwrap_or((None, None, None));
+        if let Some(written) = written {
+            let now = now_micros() as i64;
+            if written > now.saturating_add(CLOCK_TOLERANCE_MICROS) {
+                metrics::counter!("parley_store_claim_future_writetime_total").increment(1);
+                return Err(StoreError::Unavailable(format!(
+                    "room {room}: room_state.last_seq was written {} ms in this node's future \
+                     (a schema-1 writer with a fast clock?); a fenced commit would be shadowed \
+                     until then",
+                    (written - now) / 1000
+                )));
+            }
+        }
         for _ in 0..CLAIM_ROUNDS {
             let previous = non_negative("epoch", seen_epoch)?;
             let epoch = checked_epoch(room, next_epoch(previous, now_micros()))?;
