@@ -255,6 +255,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.text_bytes
     );
     let seqs: Arc<Vec<AtomicU64>> = Arc::new((0..args.rooms).map(|_| AtomicU64::new(0)).collect());
+    // Every room is claimed first, as the room actor does when it loads a room.
+    for i in 0..args.rooms {
+        store.claim(&room_id(i)).await?;
+    }
 
     let never = Arc::new(AtomicBool::new(false));
     let (acked, elapsed, h) =

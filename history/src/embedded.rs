@@ -10,9 +10,16 @@
 //! room it has seen, which is how it enforces the gap-free rule of [`crate::store`] without a
 //! read per write. Reads run on tokio's blocking pool against the same keyspaces.
 //!
+//! The ownership fence ([`crate::store`], guarantee 6): fjall locks its directory, so one
+//! process, and in it one [`EmbeddedStore`], is the only handle there can ever be. Claims
+//! still go through the writer thread, in order with the writes: a claim commits what was
+//! queued before it, raises the room's epoch (persisted, so epochs keep rising across
+//! restarts) and records it as this handle's claim. A message write for a room this handle
+//! has not claimed since it was opened fails with `Fenced { epoch: 0 }`, as in every store.
+//!
 //! Keys: `messages`: `room \0 seq(u64 BE)` → encoded [`ChatMessage`]; `receipts`:
-//! `room \0 user` → `seq(u64 BE)`. Room ids cannot contain `\0` (see `cluster_proto::ids`),
-//! so a room's keys form one contiguous range.
+//! `room \0 user` → `seq(u64 BE)`; `claims`: `room` → epoch (u64 BE). Room ids cannot contain
+//! `\0` (see `cluster_proto::ids`), so a room's keys form one contiguous range.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,7 +31,9 @@ use cluster_proto::{codec, ChatMessage, RoomId, UserId};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{HistoryStore, Receipt, RoomMeta, StoreError, WriteOp, WriteTicket};
+use crate::store::{
+    message_room, Claim, HistoryStore, Receipt, RoomMeta, StoreError, WriteOp, WriteTicket,
+};
 
 /// Tuning for [`EmbeddedStore`].
 #[derive(Debug, Clone)]
@@ -57,6 +66,10 @@ enum Job {
         room: RoomId,
         reply: oneshot::Sender<Result<RoomMeta, StoreError>>,
     },
+    Claim {
+        room: RoomId,
+        reply: oneshot::Sender<Result<Claim, StoreError>>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -65,6 +78,7 @@ struct Tables {
     db: Database,
     messages: Keyspace,
     receipts: Keyspace,
+    claims: Keyspace,
 }
 
 /// The default history store. Cheap to share behind an `Arc`.
@@ -168,15 +182,20 @@ impl EmbeddedStore {
         let receipts = db
             .keyspace("receipts", KeyspaceCreateOptions::default)
             .map_err(unavailable)?;
+        let claims = db
+            .keyspace("claims", KeyspaceCreateOptions::default)
+            .map_err(unavailable)?;
         let tables = Tables {
             db,
             messages,
             receipts,
+            claims,
         };
         let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
         let writer = Writer {
             tables: tables.clone(),
             last_seq: HashMap::new(),
+            claimed: HashMap::new(),
             max_batch: opts.max_batch.max(1),
         };
         std::thread::Builder::new()
@@ -204,6 +223,9 @@ impl HistoryStore for EmbeddedStore {
     }
 
     fn submit(&self, ops: Vec<WriteOp>) -> WriteTicket {
+        if let Err(e) = message_room(&ops) {
+            return WriteTicket::ready(Err(e));
+        }
         let (reply, rx) = oneshot::channel();
         let job = Job::Write {
             ops,
@@ -222,6 +244,18 @@ impl HistoryStore for EmbeddedStore {
                 WriteTicket::ready(Err(StoreError::Closed))
             }
         }
+    }
+
+    async fn claim(&self, room: &RoomId) -> Result<Claim, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.queue
+            .send(Job::Claim {
+                room: room.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn room_meta(&self, room: &RoomId) -> Result<RoomMeta, StoreError> {
@@ -310,11 +344,15 @@ impl HistoryStore for EmbeddedStore {
     }
 }
 
-/// The single writer: group commit plus the per-room seq check.
+/// The single writer: group commit plus the per-room fence and seq checks.
 struct Writer {
     tables: Tables,
     /// Last durable seq per room seen by this writer (a cache of the disk's truth).
     last_seq: HashMap<RoomId, u64>,
+    /// The epoch of each room this handle claimed since it was opened. There is no other
+    /// handle, so it is also the room's current epoch (never evicted: forgetting a claim
+    /// would fence the room's owner).
+    claimed: HashMap<RoomId, u64>,
     max_batch: usize,
 }
 
@@ -350,11 +388,7 @@ impl Writer {
         if self.last_seq.len() > Self::MAX_CACHED_ROOMS {
             self.last_seq.clear();
         }
-        let mut batch = self
-            .tables
-            .db
-            .batch()
-            .durability(Some(PersistMode::SyncData));
+        let mut batch = self.new_batch();
         let mut pending = Pending::default();
         for job in jobs.drain(..) {
             match job {
@@ -369,19 +403,21 @@ impl Writer {
                 Job::Meta { room, reply } => {
                     // A meta read is ordered after the writes before it: commit them first.
                     self.commit(
-                        std::mem::replace(
-                            &mut batch,
-                            self.tables
-                                .db
-                                .batch()
-                                .durability(Some(PersistMode::SyncData)),
-                        ),
+                        std::mem::replace(&mut batch, self.new_batch()),
                         std::mem::take(&mut pending),
                     );
                     let _ = reply.send(
                         self.cached_last_seq(&room)
                             .map(|last_seq| RoomMeta { last_seq }),
                     );
+                }
+                Job::Claim { room, reply } => {
+                    // Ordered after the writes before it, like a meta read.
+                    self.commit(
+                        std::mem::replace(&mut batch, self.new_batch()),
+                        std::mem::take(&mut pending),
+                    );
+                    let _ = reply.send(self.claim(room));
                 }
                 Job::Shutdown(done) => {
                     self.commit(batch, pending);
@@ -392,6 +428,47 @@ impl Writer {
         }
         self.commit(batch, pending);
         true
+    }
+
+    fn new_batch(&self) -> fjall::OwnedWriteBatch {
+        self.tables
+            .db
+            .batch()
+            .durability(Some(PersistMode::SyncData))
+    }
+
+    /// Raises the room's persisted epoch by one and makes it this handle's claim.
+    fn claim(&mut self, room: RoomId) -> Result<Claim, StoreError> {
+        // Until the new epoch is durable the handle holds no claim (a failed claim leaves none).
+        let held = self.claimed.remove(&room);
+        let result = (|| {
+            let previous = match held {
+                Some(e) => e,
+                None => match self.tables.claims.get(room.as_str()).map_err(unavailable)? {
+                    Some(v) => be_u64(&v)?,
+                    None => 0,
+                },
+            };
+            let epoch = previous
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Corrupt(format!("epoch of room {room} overflows")))?;
+            let last_seq = self.cached_last_seq(&room)?;
+            let mut batch = self.new_batch();
+            batch.insert(
+                &self.tables.claims,
+                room.as_str().as_bytes().to_vec(),
+                epoch.to_be_bytes().to_vec(),
+            );
+            batch.commit().map_err(unavailable)?;
+            Ok(Claim { epoch, last_seq })
+        })();
+        match &result {
+            Ok(c) => {
+                self.claimed.insert(room, c.epoch);
+            }
+            Err(e) => tracing::error!(error = %e, %room, "claim failed"),
+        }
+        result
     }
 
     fn cached_last_seq(&mut self, room: &RoomId) -> Result<u64, StoreError> {
@@ -416,6 +493,13 @@ impl Writer {
         for op in ops {
             match op {
                 WriteOp::Message(m) => {
+                    // The fence: see the module docs (this handle is the only one).
+                    if !self.claimed.contains_key(&m.room_id) {
+                        return Err(StoreError::Fenced {
+                            room: m.room_id.clone(),
+                            epoch: 0,
+                        });
+                    }
                     let last = match seqs.iter().rev().find(|(r, _)| r == &m.room_id) {
                         Some((_, s)) => *s,
                         None => match pending.seqs.get(&m.room_id) {
@@ -518,6 +602,9 @@ mod tests {
     async fn keys_of_similar_rooms_do_not_mix() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
+        let (a, ab) = (RoomId::new("a").unwrap(), RoomId::new("ab").unwrap());
+        s.claim(&a).await.unwrap();
+        s.claim(&ab).await.unwrap();
         s.submit(vec![WriteOp::Message(msg("a", 1))]).await.unwrap();
         s.submit(vec![
             WriteOp::Message(msg("ab", 1)),
@@ -525,10 +612,8 @@ mod tests {
         ])
         .await
         .unwrap();
-        let a = RoomId::new("a").unwrap();
         assert_eq!(s.latest(&a, 10).await.unwrap().len(), 1);
         assert_eq!(s.room_meta(&a).await.unwrap().last_seq, 1);
-        let ab = RoomId::new("ab").unwrap();
         assert_eq!(s.room_meta(&ab).await.unwrap().last_seq, 2);
     }
 
@@ -536,6 +621,8 @@ mod tests {
     async fn a_failed_call_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
+        let a = RoomId::new("a").unwrap();
+        s.claim(&a).await.unwrap();
         let r = s
             .submit(vec![
                 WriteOp::Message(msg("a", 1)),
@@ -550,8 +637,44 @@ mod tests {
                 ..
             })
         ));
-        let a = RoomId::new("a").unwrap();
         assert_eq!(s.room_meta(&a).await.unwrap().last_seq, 0);
         assert!(s.latest(&a, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn epochs_survive_a_reopen_and_claims_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RoomId::new("a").unwrap();
+        let first = {
+            let s = EmbeddedStore::open(dir.path()).unwrap();
+            let c1 = s.claim(&a).await.unwrap();
+            s.submit(vec![WriteOp::Message(msg("a", 1))]).await.unwrap();
+            let c2 = s.claim(&a).await.unwrap();
+            assert!(c2.epoch > c1.epoch);
+            assert_eq!(c2.last_seq, 1);
+            s.shutdown().await;
+            c2.epoch
+        };
+        let mut tries = 0;
+        let s = loop {
+            // The previous writer thread may still hold the directory's lock for a moment.
+            match EmbeddedStore::open(dir.path()) {
+                Ok(s) => break s,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        let r = s.submit(vec![WriteOp::Message(msg("a", 2))]).await;
+        assert!(
+            matches!(r, Err(StoreError::Fenced { epoch: 0, .. })),
+            "{r:?}"
+        );
+        let c = s.claim(&a).await.unwrap();
+        assert!(c.epoch > first, "{} > {first}", c.epoch);
+        assert_eq!(c.last_seq, 1);
+        s.submit(vec![WriteOp::Message(msg("a", 2))]).await.unwrap();
     }
 }

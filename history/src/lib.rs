@@ -7,10 +7,15 @@
 //!
 //! * [`store`]: the trait, the write ops and the error type.
 //! * [`embedded`]: the default on-disk store (fjall), one group-committing writer thread.
+//! * [`scylla`]: the ScyllaDB / Cassandra store, for history that outlives a node.
+//! * [`memory`]: an in-memory database with one handle per simulated node, for tests and
+//!   in-process cluster simulations.
 
 pub mod embedded;
+pub mod memory;
 pub mod scylla;
 pub mod store;
 
 pub use embedded::EmbeddedStore;
-pub use store::{HistoryStore, Receipt, RoomMeta, StoreError, WriteOp, WriteTicket};
+pub use memory::MemoryStore;
+pub use store::{Claim, HistoryStore, Receipt, RoomMeta, StoreError, WriteOp, WriteTicket};

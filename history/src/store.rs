@@ -14,6 +14,29 @@
 //! 4. **Monotonic receipts.** A receipt only ever moves forward.
 //! 5. **Reads see acknowledged writes.** [`HistoryStore::room_meta`] is ordered after every write
 //!    submitted before it.
+//! 6. **Fenced ownership.** A *handle* is one `Arc<dyn HistoryStore>` instance (one node). A
+//!    room has one owner at a time, but two nodes may briefly both believe they own it, so
+//!    the store fences:
+//!    * [`HistoryStore::claim`] atomically (a linearizable compare-and-set) raises the room's
+//!      epoch above every earlier claim by any handle, and returns the new epoch with the
+//!      room's last committed seq as read after the raise: it includes everything an earlier
+//!      owner committed, and nothing an earlier owner commits afterwards can succeed. A claim is
+//!      ordered after every write this handle submitted before it.
+//!    * After a claim, a message write for the room through this handle is committed only if
+//!      the room's epoch is still this handle's; otherwise the whole call fails with
+//!      [`StoreError::Fenced`] and nothing of it becomes visible or overwrites anything the
+//!      newer owner committed. A fenced handle stays fenced for that room until it claims
+//!      again.
+//!    * There is no implicit claim: a message write for a room this handle never claimed (or
+//!      whose last claim attempt failed) fails with `Fenced { epoch: 0 }`. Taking ownership
+//!      silently on the first write would let a stale node steal a room back.
+//!    * Receipts are not fenced: they only ever move forward (4), so a stale owner's receipt
+//!      cannot hide a newer one. [`HistoryStore::room_meta`] and the reads need no claim.
+//!
+//! A call may carry messages of one room only (and receipts of any rooms): the fence and the
+//! commit of a room are one atomic step, and no store can make steps in several rooms atomic
+//! under a fence. A call with messages of several rooms fails with [`StoreError::Invalid`]
+//! and writes nothing.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +45,27 @@ use std::task::{Context, Poll};
 use async_trait::async_trait;
 use cluster_proto::{ChatMessage, RoomId, UserId};
 use tokio::sync::oneshot;
+
+/// The room of the messages in `ops`: `Ok(None)` without messages, [`StoreError::Invalid`]
+/// when they belong to several rooms (see the module docs).
+pub(crate) fn message_room(ops: &[WriteOp]) -> Result<Option<&RoomId>, StoreError> {
+    let mut room: Option<&RoomId> = None;
+    for op in ops {
+        if let WriteOp::Message(m) = op {
+            match room {
+                None => room = Some(&m.room_id),
+                Some(r) if r == &m.room_id => {}
+                Some(r) => {
+                    return Err(StoreError::Invalid(format!(
+                        "one call carries messages of rooms {r} and {}",
+                        m.room_id
+                    )))
+                }
+            }
+        }
+    }
+    Ok(room)
+}
 
 /// One write.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +84,15 @@ pub enum WriteOp {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RoomMeta {
     /// The highest stored seq (0 when the room has no messages).
+    pub last_seq: u64,
+}
+
+/// The fence token of one ownership of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The room's new epoch, higher than every earlier claim's (never 0).
+    pub epoch: u64,
+    /// The room's last committed seq as read after the epoch was raised.
     pub last_seq: u64,
 }
 
@@ -62,6 +115,14 @@ pub enum StoreError {
         expected: u64,
         got: u64,
     },
+    /// The room is owned by a newer claim than this handle's (`epoch` 0: this handle holds no
+    /// claim for the room). Nothing of the call was written; the handle stays fenced for the
+    /// room until it calls [`HistoryStore::claim`] again.
+    #[error("room {room} is owned by a newer claim (this handle's epoch {epoch})")]
+    Fenced { room: RoomId, epoch: u64 },
+    /// The call is malformed (messages of several rooms); nothing of it was written.
+    #[error("invalid history write: {0}")]
+    Invalid(String),
     /// Stored bytes could not be decoded.
     #[error("corrupt history record: {0}")]
     Corrupt(String),
@@ -113,6 +174,17 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// durability. Never blocks: a full queue yields a ticket that is already
     /// [`StoreError::Unavailable`].
     fn submit(&self, ops: Vec<WriteOp>) -> WriteTicket;
+
+    /// Makes this store handle the room's only writer: raises the room's epoch above every
+    /// earlier claim (of any handle) with a compare-and-set, and returns the new epoch and the
+    /// room's last committed seq read after the raise. Ordered after every write this handle
+    /// submitted before the call. From now on message writes of this handle for the room
+    /// commit only while the epoch is still this one, and writes of every earlier claim fail
+    /// with [`StoreError::Fenced`]. See guarantee 6 in the module docs.
+    ///
+    /// A failed claim (e.g. [`StoreError::Unavailable`]) leaves the handle without a claim for
+    /// the room: its message writes fail with `Fenced { epoch: 0 }` until a claim succeeds.
+    async fn claim(&self, room: &RoomId) -> Result<Claim, StoreError>;
 
     /// The room's last stored seq, ordered after every write submitted before this call.
     async fn room_meta(&self, room: &RoomId) -> Result<RoomMeta, StoreError>;

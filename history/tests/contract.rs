@@ -1,5 +1,5 @@
 //! The history-store contract suite: the same cases (`contract/cases.rs`) run against the
-//! embedded store, always, and against the CQL store when `PARLEY_TEST_CQL=host:port` names a
+//! embedded store and the in-memory store, always, and against the CQL store when `PARLEY_TEST_CQL=host:port` names a
 //! running server (e.g. `scripts/cassandra.sh start`). With the variable set, an unreachable
 //! server fails the tests. Without it the `cql::` tests say that they did not run and return,
 //! except under CI (`CI` set), where they fail: a CI run must never report untested CQL cases
@@ -26,6 +26,14 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     super::cases::$case(&super::Backend::embedded()).await;
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::cases::$case(&super::Backend::memory()).await;
                 }
             )*
         }
@@ -69,6 +77,10 @@ contract!(
     concurrent_writers,
     reopen_keeps_data,
     trivia,
+    fence_claims_of_one_handle,
+    fence_new_owner_fences_the_old,
+    fence_stale_writes_never_replace,
+    fence_claim_races_writes_in_flight,
 );
 
 /// CQL-only: what the trait does not cover (dedupe look-up, migrations, errors).
@@ -80,7 +92,7 @@ mod cql_only {
     use history::scylla::{migrate, ScyllaConfig, ScyllaStore, SCHEMA_VERSION};
     use history::{HistoryStore, StoreError, WriteOp};
 
-    use super::harness::{msg, room, Backend};
+    use super::harness::{msg, room, seqs, Backend};
 
     async fn cfg() -> Option<ScyllaConfig> {
         match Backend::cql().await {
@@ -119,6 +131,7 @@ mod cql_only {
         let Some(cfg) = cfg().await else { return };
         let s = ScyllaStore::connect(&cfg).await.expect("connect");
         let r = room("dedupe");
+        s.claim(&r).await.expect("claim");
         // Bucket size 8: seqs 16..=20 are in the newest bucket, 8..=15 in the one before.
         let ops = (1..=20).map(|q| WriteOp::Message(msg(&r, q))).collect();
         s.submit(ops).await.unwrap();
@@ -152,6 +165,157 @@ mod cql_only {
         );
         s.shutdown().await;
         assert!(s.check().await.is_err(), "check after shutdown");
+    }
+
+    /// An owner renews its own epoch when its write timestamps are used up, and a renewal
+    /// that finds a newer owner fences the handle.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fence_epoch_renewal() {
+        let Some(cfg) = cfg().await else { return };
+        let node1 = ScyllaStore::connect(&cfg).await.expect("connect");
+        let node2 = ScyllaStore::connect(&cfg).await.expect("connect");
+        node1.set_groups_per_epoch_for_tests(2);
+        let r = room("fence-renew");
+        let c1 = node1.claim(&r).await.expect("claim");
+        // Five groups of one message: two renewals (after groups 2 and 4).
+        for seq in 1..=5 {
+            node1
+                .submit(vec![WriteOp::Message(msg(&r, seq))])
+                .await
+                .unwrap();
+        }
+        let c2 = node1.claim(&r).await.expect("claim");
+        assert!(
+            c2.epoch >= c1.epoch + 3,
+            "{c2:?} after {c1:?}: renewed twice"
+        );
+        assert_eq!(c2.last_seq, 5);
+        // Two groups use up the new claim's timestamps. Another node claims; the next group's
+        // renewal finds the newer epoch and the handle is fenced.
+        node1
+            .submit(vec![WriteOp::Message(msg(&r, 6))])
+            .await
+            .unwrap();
+        node1
+            .submit(vec![WriteOp::Message(msg(&r, 7))])
+            .await
+            .unwrap();
+        let c3 = node2.claim(&r).await.expect("claim");
+        assert_eq!(c3.last_seq, 7);
+        match node1.submit(vec![WriteOp::Message(msg(&r, 8))]).await {
+            Err(StoreError::Fenced { .. }) => {}
+            other => panic!("expected Fenced, got {other:?}"),
+        }
+        assert_eq!(node2.room_meta(&r).await.unwrap().last_seq, 7);
+        node2
+            .submit(vec![WriteOp::Message(msg(&r, 8))])
+            .await
+            .unwrap();
+        node1.shutdown().await;
+        node2.shutdown().await;
+    }
+
+    /// A room written under schema 1 (plain writes with ordinary microsecond timestamps;
+    /// `room_state` without an epoch; a row above `last_seq` left by a failed write of a node
+    /// whose clock was 10 s ahead) is claimed from its last seq, and the owner's rows beat the
+    /// old ones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fence_takes_over_rooms_of_schema_1() {
+        let Some(cfg) = cfg().await else { return };
+        let r = room("fence-legacy");
+        let session = scylla::client::session_builder::SessionBuilder::new()
+            .known_nodes(&cfg.contact_points)
+            .build()
+            .await
+            .expect("session");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_micros() as i64;
+        let ks = &cfg.keyspace;
+        let insert = format!(
+            "INSERT INTO {ks}.messages (room_id, bucket, seq, msg_id, user_id, username, body, \
+             attachments, sent_at, client_msg_id) VALUES (?, 0, ?, 'legacy', 'u0', 'Legacy', \
+             'written under schema 1', '[]', 0, null) USING TIMESTAMP ?"
+        );
+        for (seq, ts) in [(1i64, now), (2, now + 10_000_000)] {
+            session
+                .query_unpaged(insert.as_str(), (r.as_str(), seq, ts))
+                .await
+                .expect("insert a schema-1 row");
+        }
+        let commit =
+            format!("UPDATE {ks}.room_state USING TIMESTAMP ? SET last_seq = 1 WHERE room_id = ?");
+        session
+            .query_unpaged(commit.as_str(), (now, r.as_str()))
+            .await
+            .expect("commit under schema 1");
+
+        let s = ScyllaStore::connect(&cfg).await.expect("connect");
+        let c = s.claim(&r).await.expect("claim");
+        assert_eq!(c.last_seq, 1);
+        assert!(c.epoch > 0);
+        let got = s.latest(&r, 10).await.unwrap();
+        assert_eq!(
+            seqs(&got),
+            vec![1],
+            "the row above last_seq stays invisible"
+        );
+        s.submit(vec![WriteOp::Message(msg(&r, 2))]).await.unwrap();
+        let got = s.latest(&r, 10).await.unwrap();
+        assert_eq!(got[1], msg(&r, 2), "the owner's row replaced the old one");
+        assert_eq!(s.room_meta(&r).await.unwrap().last_seq, 2);
+
+        // A last_seq cell written from a clock far ahead would shadow the fenced commits (LWT
+        // cells carry the coordinator's clock): the room cannot be claimed until that time.
+        let ahead = room("fence-legacy-ahead");
+        session
+            .query_unpaged(commit.as_str(), (now + 3_600_000_000, ahead.as_str()))
+            .await
+            .expect("commit under schema 1");
+        match s.claim(&ahead).await {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains("future"), "{m}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert!(matches!(
+            s.submit(vec![WriteOp::Message(msg(&ahead, 2))]).await,
+            Err(StoreError::Fenced { epoch: 0, .. })
+        ));
+        s.shutdown().await;
+    }
+
+    /// A fenced owner's dedupe rows never answer a look-up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fence_stale_dedupe_rows_are_ignored() {
+        let Some(cfg) = cfg().await else { return };
+        let node1 = ScyllaStore::connect(&cfg).await.expect("connect");
+        let node2 = ScyllaStore::connect(&cfg).await.expect("connect");
+        let r = room("fence-dedupe");
+        node1.claim(&r).await.expect("claim");
+        node2.claim(&r).await.expect("claim");
+        let stale = super::harness::msg_by(&r, 1, "stale");
+        let new = super::harness::msg_by(&r, 1, "new");
+        assert!(matches!(
+            node1.submit(vec![WriteOp::Message(stale.clone())]).await,
+            Err(StoreError::Fenced { .. })
+        ));
+        node2
+            .submit(vec![WriteOp::Message(new.clone())])
+            .await
+            .unwrap();
+        let find = |m: &cluster_proto::ChatMessage| {
+            let (s, m) = (node2.clone(), m.clone());
+            async move {
+                let cmid = m.client_msg_id.clone().expect("client id");
+                s.find_client_msg(&m.room_id, &m.user_id, &cmid)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(find(&new).await, Some(1));
+        assert_eq!(find(&stale).await, None);
+        node1.shutdown().await;
+        node2.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,6 +356,7 @@ mod cql_only {
             let (s, stop) = (s.clone(), stop.clone());
             writers.push(tokio::spawn(async move {
                 let r = room(&format!("fault-{i}"));
+                s.claim(&r).await.expect("claim");
                 let (mut next, mut acked, mut refused) = (1u64, Vec::new(), 0u64);
                 while !stop.load(Ordering::Relaxed) {
                     match s.submit(vec![WriteOp::Message(msg(&r, next))]).await {

@@ -27,6 +27,11 @@ pub struct ScyllaConfig {
     /// acknowledged at this level. Default `LOCAL_QUORUM` (with one node and RF 1 that is one
     /// replica, so a single test node satisfies it).
     pub consistency: ConsistencyLevel,
+    /// Consistency of the lightweight transactions of the ownership fence (claims and the
+    /// commit of each write group): `LOCAL_SERIAL` (default; linearizable within the local
+    /// data centre, which matches `LOCAL_QUORUM`) or `SERIAL` (across data centres, for rooms
+    /// whose owners may be in different data centres).
+    pub serial_consistency: SerialConsistencyLevel,
     /// The data centre whose nodes are preferred as coordinators (set it with
     /// NetworkTopologyStrategy). Default none: all nodes alike.
     pub local_datacenter: Option<String>,
@@ -84,6 +89,7 @@ impl Default for ScyllaConfig {
             keyspace: "parley".into(),
             replication: Replication::default(),
             consistency: ConsistencyLevel::LocalQuorum,
+            serial_consistency: SerialConsistencyLevel::LocalSerial,
             local_datacenter: None,
             username: None,
             password: None,
@@ -209,6 +215,25 @@ impl From<ConsistencyLevel> for scylla::statement::Consistency {
             ConsistencyLevel::LocalQuorum => C::LocalQuorum,
             ConsistencyLevel::EachQuorum => C::EachQuorum,
             ConsistencyLevel::LocalOne => C::LocalOne,
+        }
+    }
+}
+
+/// Serial consistency levels (of lightweight transactions), written as in CQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SerialConsistencyLevel {
+    Serial,
+    #[default]
+    LocalSerial,
+}
+
+impl From<SerialConsistencyLevel> for scylla::statement::SerialConsistency {
+    fn from(c: SerialConsistencyLevel) -> Self {
+        use scylla::statement::SerialConsistency as S;
+        match c {
+            SerialConsistencyLevel::Serial => S::Serial,
+            SerialConsistencyLevel::LocalSerial => S::LocalSerial,
         }
     }
 }

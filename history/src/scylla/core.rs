@@ -1,10 +1,12 @@
 //! The state shared by the store's readers and its writer task: the session, every prepared
 //! statement, the retrier (with the breaker) and the keyspace's bucket size.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::SerialConsistency;
 use tokio::sync::Semaphore;
 
 use super::config::{ScyllaConfig, WriteMode};
@@ -15,11 +17,24 @@ use super::retry::Retrier;
 pub(crate) const MESSAGE_COLUMNS: &str =
     "room_id, bucket, seq, msg_id, user_id, username, body, attachments, sent_at, client_msg_id";
 
+/// Most groups a claim writes before its epoch is renewed: the low 24 bits of a write
+/// timestamp (see [`super::fence`]).
+pub(crate) const MAX_COUNTER: u64 = (1 << super::fence::COUNTER_BITS) - 1;
+
 /// Every statement the store runs, prepared once at start.
 pub(crate) struct Statements {
+    /// `USING TIMESTAMP ?`: the epoch-derived timestamp of the writing claim.
     pub insert_message: PreparedStatement,
+    /// `USING TTL ? AND TIMESTAMP ?`, like `insert_message`.
     pub insert_client_msg: PreparedStatement,
-    pub set_last_seq: PreparedStatement,
+    /// LWT: `SET last_seq = ? ... IF epoch = ?`, the fenced commit.
+    pub commit_last_seq: PreparedStatement,
+    /// LWT: `SET epoch = ? ... IF epoch = ? AND last_seq = ?`, a claim.
+    pub claim_epoch: PreparedStatement,
+    /// `epoch, last_seq, WRITETIME(last_seq)`: a claim's first guess and its clock check.
+    pub get_claim_state: PreparedStatement,
+    /// LWT: `SET epoch = ? ... IF epoch = ?`, an owner renewing its epoch.
+    pub renew_epoch: PreparedStatement,
     pub get_last_seq: PreparedStatement,
     pub set_receipt: PreparedStatement,
     pub get_receipts: PreparedStatement,
@@ -34,7 +49,11 @@ pub(crate) struct Statements {
 }
 
 impl Statements {
-    pub async fn prepare(session: &Session, ks: &str) -> Result<Self, ScyllaError> {
+    pub async fn prepare(
+        session: &Session,
+        ks: &str,
+        serial: SerialConsistency,
+    ) -> Result<Self, ScyllaError> {
         let p = |cql: String, idempotent: bool| async move {
             let mut st =
                 session
@@ -46,12 +65,15 @@ impl Statements {
                     })?;
             // Every write here is an upsert of fixed values: safe for the driver to retry too.
             st.set_is_idempotent(idempotent);
+            // Used by the lightweight transactions (the reads and plain writes ignore it).
+            st.set_serial_consistency(Some(serial));
             Ok::<_, ScyllaError>(st)
         };
         Ok(Self {
             insert_message: p(
                 format!(
-                    "INSERT INTO {ks}.messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO {ks}.messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     USING TIMESTAMP ?"
                 ),
                 true,
             )
@@ -59,14 +81,38 @@ impl Statements {
             insert_client_msg: p(
                 format!(
                     "INSERT INTO {ks}.client_msg_ids (room_id, bucket, user_id, client_msg_id, seq) \
-                     VALUES (?, ?, ?, ?, ?) USING TTL ?"
+                     VALUES (?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
                 ),
                 true,
             )
             .await?,
-            set_last_seq: p(
-                format!("UPDATE {ks}.room_state SET last_seq = ? WHERE room_id = ?"),
+            // Repeating it is safe: the condition is on the epoch, the value fixed (see fence.rs
+            // for what a "not applied" after a timed-out attempt means).
+            commit_last_seq: p(
+                format!("UPDATE {ks}.room_state SET last_seq = ? WHERE room_id = ? IF epoch = ?"),
                 true,
+            )
+            .await?,
+            // Not idempotent: a repeat may find its own first attempt and claim again.
+            claim_epoch: p(
+                format!(
+                    "UPDATE {ks}.room_state SET epoch = ? WHERE room_id = ? \
+                     IF epoch = ? AND last_seq = ?"
+                ),
+                false,
+            )
+            .await?,
+            get_claim_state: p(
+                format!(
+                    "SELECT epoch, last_seq, WRITETIME(last_seq) FROM {ks}.room_state \
+                     WHERE room_id = ?"
+                ),
+                true,
+            )
+            .await?,
+            renew_epoch: p(
+                format!("UPDATE {ks}.room_state SET epoch = ? WHERE room_id = ? IF epoch = ?"),
+                false,
             )
             .await?,
             get_last_seq: p(
@@ -142,6 +188,8 @@ pub(crate) struct Core {
     pub batch_max_bytes: usize,
     /// TTL of dedupe rows, seconds.
     pub dedupe_ttl_secs: i32,
+    /// Groups written per epoch before it is renewed ([`MAX_COUNTER`]; lower in tests).
+    max_counter: AtomicU64,
     pub cfg: ScyllaConfig,
 }
 
@@ -164,8 +212,19 @@ impl Core {
             dedupe_ttl_secs: i32::try_from(cfg.dedupe_ttl.as_secs())
                 .unwrap_or(i32::MAX)
                 .max(1),
+            max_counter: AtomicU64::new(MAX_COUNTER),
             cfg: cfg.clone(),
         })
+    }
+
+    /// The highest timestamp counter a claim may use before it renews its epoch.
+    pub fn max_counter(&self) -> u64 {
+        self.max_counter.load(Ordering::Relaxed)
+    }
+
+    pub fn set_max_counter(&self, n: u64) {
+        self.max_counter
+            .store(n.min(MAX_COUNTER), Ordering::Relaxed);
     }
 
     pub fn bucket(&self, seq: u64) -> i64 {

@@ -9,6 +9,8 @@
 //! * [`schema`]: tables, bucket size and why, [`migrate`] (`parley migrate`).
 //! * `writer`, `group` and `write_ops`: the bounded queue, a lane per room, group commit,
 //!   the two-phase commit of `last_seq`, the gap-free seq rule.
+//! * `fence`: room claims, the fenced commit and the epoch-derived row timestamps (the
+//!   ownership fence: only the latest owner's writes become visible).
 //! * `reads`: history pages across buckets, receipts, dedupe look-up.
 //! * [`retry`] and [`breaker`]: jittered retries of transient errors, the circuit breaker.
 //!
@@ -22,6 +24,7 @@ pub mod breaker;
 pub mod config;
 mod core;
 pub mod error;
+mod fence;
 mod group;
 mod reads;
 pub mod retry;
@@ -39,8 +42,8 @@ use cluster_proto::{ChatMessage, RoomId, UserId};
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::config::{
-    BreakerOptions, ConsistencyLevel, Replication, RetryOptions, ScyllaConfig, TlsOptions,
-    WriteMode,
+    BreakerOptions, ConsistencyLevel, Replication, RetryOptions, ScyllaConfig,
+    SerialConsistencyLevel, TlsOptions, WriteMode,
 };
 pub use self::error::ScyllaError;
 pub use self::schema::{migrate, MigrationReport, SCHEMA_VERSION};
@@ -49,7 +52,9 @@ use self::breaker::{Admit, Breaker};
 use self::core::{Core, Statements};
 use self::retry::Retrier;
 use self::writer::{Job, Writer, QUEUE_NAME};
-use crate::store::{HistoryStore, Receipt, RoomMeta, StoreError, WriteOp, WriteTicket};
+use crate::store::{
+    message_room, Claim, HistoryStore, Receipt, RoomMeta, StoreError, WriteOp, WriteTicket,
+};
 
 /// The CQL history store. Create it with [`ScyllaStore::connect`] on the node's multi-thread
 /// tokio runtime; share the returned `Arc`.
@@ -90,7 +95,8 @@ impl ScyllaStore {
                 "the keyspace keeps the bucket_bits it was created with"
             );
         }
-        let st = Statements::prepare(&session, &cfg.keyspace).await?;
+        let st =
+            Statements::prepare(&session, &cfg.keyspace, cfg.serial_consistency.into()).await?;
         let breaker = Arc::new(Breaker::new(
             cfg.breaker.failure_threshold,
             cfg.breaker.cool_down,
@@ -130,6 +136,13 @@ impl ScyllaStore {
             .await
     }
 
+    /// Test hook: the claim renews its epoch after `groups` groups instead of 2^24, so that
+    /// the renewal path can be exercised. Not for production use.
+    #[doc(hidden)]
+    pub fn set_groups_per_epoch_for_tests(&self, groups: u64) {
+        self.core.set_max_counter(groups.saturating_sub(1));
+    }
+
     /// Runs a read unless the breaker is open; a probe's outcome is recorded by the retrier.
     async fn guarded<T>(
         &self,
@@ -162,6 +175,9 @@ impl HistoryStore for ScyllaStore {
         if self.closed.load(Ordering::Acquire) {
             return WriteTicket::ready(Err(StoreError::Closed));
         }
+        if let Err(e) = message_room(&ops) {
+            return WriteTicket::ready(Err(e));
+        }
         if self.core.retrier.breaker().is_open() {
             metrics::counter!("parley_store_rejected_total", "reason" => "breaker").increment(1);
             return WriteTicket::ready(Err(breaker_open()));
@@ -184,6 +200,21 @@ impl HistoryStore for ScyllaStore {
                 WriteTicket::ready(Err(StoreError::Closed))
             }
         }
+    }
+
+    async fn claim(&self, room: &RoomId) -> Result<Claim, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.queue
+            .send(Job::Claim {
+                room: room.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn room_meta(&self, room: &RoomId) -> Result<RoomMeta, StoreError> {

@@ -16,8 +16,10 @@
 //!   read nearly always). A time bucket would need walks over empty hours for quiet rooms.
 //!   `seq DESC` makes "the newest N" a forward slice of one partition.
 //! * `room_state`: `last_seq` per room, the commit point of the writer (messages above it are
-//!   invisible to reads and overwritten by the next write of that seq); `epoch` is reserved
-//!   for the ownership fence of the cluster issue and not used yet.
+//!   invisible to reads and overwritten by the next write of that seq), and `epoch`, the
+//!   room's ownership fence token. Since schema 2 both are written only by lightweight
+//!   transactions (see `fence.rs`), and the rows of `messages` and `client_msg_ids` carry
+//!   timestamps derived from the writer's epoch.
 //! * `receipts`: partition `room_id`, clustered by `user_id`. Written `USING TIMESTAMP seq`, so
 //!   the highest seq wins without a read or a lightweight transaction.
 //! * `client_msg_ids`: `(room_id, user_id, client_msg_id) -> seq`, partitioned like `messages`
@@ -43,7 +45,12 @@ use super::error::ScyllaError;
 use super::session::open_session;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+///
+/// Version 2 changes no table but the write protocol (the ownership fence): builds of
+/// version 1 write `room_state` without LWTs and rows with clock timestamps, which would
+/// defeat the fence, so they must refuse a keyspace at version 2 (they do: a newer recorded
+/// version is an error for them).
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// DDL can take much longer than a data request (the schema is pushed to every node).
 const DDL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,11 +62,12 @@ struct Migration {
     statements: &'static [&'static str],
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "messages, room_state, receipts, client_msg_ids",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS {ks}.messages (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "messages, room_state, receipts, client_msg_ids",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS {ks}.messages (
             room_id text,
             bucket bigint,
             seq bigint,
@@ -72,18 +80,18 @@ const MIGRATIONS: &[Migration] = &[Migration {
             client_msg_id text,
             PRIMARY KEY ((room_id, bucket), seq)
         ) WITH CLUSTERING ORDER BY (seq DESC)",
-        "CREATE TABLE IF NOT EXISTS {ks}.room_state (
+            "CREATE TABLE IF NOT EXISTS {ks}.room_state (
             room_id text PRIMARY KEY,
             last_seq bigint,
             epoch bigint
         )",
-        "CREATE TABLE IF NOT EXISTS {ks}.receipts (
+            "CREATE TABLE IF NOT EXISTS {ks}.receipts (
             room_id text,
             user_id text,
             seq bigint,
             PRIMARY KEY (room_id, user_id)
         )",
-        "CREATE TABLE IF NOT EXISTS {ks}.client_msg_ids (
+            "CREATE TABLE IF NOT EXISTS {ks}.client_msg_ids (
             room_id text,
             bucket bigint,
             user_id text,
@@ -91,8 +99,18 @@ const MIGRATIONS: &[Migration] = &[Migration {
             seq bigint,
             PRIMARY KEY ((room_id, bucket), user_id, client_msg_id)
         )",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "ownership fence: room_state by LWT only, epoch-derived row timestamps",
+        // No table changes: the version shuts out builds that do not fence. The comment
+        // tells whoever looks at the table.
+        statements: &["ALTER TABLE {ks}.room_state WITH comment = \
+            'last_seq: commit point; epoch: ownership fence. Written only by lightweight \
+            transactions (schema 2)'"],
+    },
+];
 
 /// What [`migrate`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,16 +7,20 @@
 //! concurrently, bounded by `write_concurrency` CQL requests in flight. A room has at most one
 //! group in flight, so its calls are applied and answered in submission order.
 //!
-//! A group (see [`super::group`] and [`super::write_ops`]) checks each call's seqs against the
-//! room's last seq (cached here, read from `room_state` on first touch or after a failure),
-//! writes the rows, then commits `room_state.last_seq`, then answers its calls. On any failure
-//! the room's cached seq is forgotten; rows written above `last_seq` stay invisible to reads and
-//! are overwritten when the room writes those seqs again. `room_meta` takes its place in the
-//! room's lane, so it is answered after the room's earlier writes, from `room_state` (which also
-//! refreshes the cache: where a room's new owner resynchronises).
+//! A group (see [`super::group`] and [`super::write_ops`]) checks that this handle owns the
+//! room (its claim, kept here) and each call's seqs against the room's last seq (cached here,
+//! read from `room_state` on first touch or after a failure), writes the rows, then commits
+//! `room_state.last_seq` if the room's epoch is still this handle's (see [`super::fence`]),
+//! then answers its calls. On any failure the room's cached seq is forgotten; rows written
+//! above `last_seq` stay invisible to reads and are overwritten when the room writes those
+//! seqs again. `room_meta` and `claim` take their place in the room's lane, so they are
+//! answered after the room's earlier writes, from `room_state` (which also refreshes the
+//! cache). A claim replaces the room's claim here with its new epoch, or drops it if it fails;
+//! a commit that finds a newer epoch marks the room fenced here, and only a claim ends that.
 //!
-//! A call that spans several rooms (rare) is a barrier: the writer finishes everything before
-//! it, runs it alone, then goes on. `shutdown` is a barrier too.
+//! A call that spans several rooms (messages of one room plus receipts of others; rare) is a
+//! barrier: the writer finishes everything before it, runs it alone, then goes on. `shutdown`
+//! is a barrier too.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -30,8 +34,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::breaker::Admit;
 use super::core::Core;
-use super::group::{run_group, CacheUpdate, Call, Reply};
-use crate::store::{RoomMeta, StoreError, WriteOp};
+use super::group::{run_group, CacheUpdate, Call, Held, HeldUpdate, Outcome, Reply, Target};
+use crate::store::{message_room, Claim, RoomMeta, StoreError, WriteOp};
 
 /// Name of the write queue and its task, as it appears in errors, logs and metrics.
 pub(crate) const QUEUE_NAME: &str = "scylla-history-writer";
@@ -46,12 +50,17 @@ pub(crate) enum Job {
         room: RoomId,
         reply: Reply<RoomMeta>,
     },
+    Claim {
+        room: RoomId,
+        reply: Reply<Claim>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
 enum Item {
     Call(Vec<WriteOp>, Call),
     Meta(Reply<RoomMeta>),
+    Claim(Reply<Claim>),
 }
 
 #[derive(Default)]
@@ -65,12 +74,16 @@ enum Barrier {
     Shutdown(oneshot::Sender<()>),
 }
 
-type Done = (RoomId, Vec<(RoomId, CacheUpdate)>, bool);
+/// A finished lane item: its lane, what it learnt, whether it was the breaker's probe.
+type Done = (RoomId, Outcome, bool);
 
 pub(crate) struct Writer {
     core: Arc<Core>,
     /// Last committed seq per room as this writer knows it.
     last_seq: HashMap<RoomId, u64>,
+    /// This handle's claim per room. Never evicted (unlike `last_seq`): forgetting a claim
+    /// would fence the room's owner.
+    claims: HashMap<RoomId, Held>,
     lanes: HashMap<RoomId, Lane>,
     inflight: FuturesUnordered<BoxFuture<'static, Done>>,
     /// Calls pulled from the queue and not yet handed to a group.
@@ -102,6 +115,7 @@ impl Writer {
             max_waiting: max_waiting.max(max_group).max(1),
             core,
             last_seq: HashMap::new(),
+            claims: HashMap::new(),
             lanes: HashMap::new(),
             inflight: FuturesUnordered::new(),
             waiting: 0,
@@ -135,8 +149,8 @@ impl Writer {
                 }
             }
             tokio::select! {
-                Some((room, updates, probe)) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    self.finish(room, updates, probe);
+                Some((room, outcome, probe)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    self.finish(room, outcome, probe);
                 }
                 job = rx.recv(), if self.barrier.is_none() && !closed && self.waiting < self.max_waiting => {
                     match job {
@@ -157,6 +171,7 @@ impl Writer {
                 return;
             }
             Job::Meta { room, reply } => (room, Item::Meta(reply)),
+            Job::Claim { room, reply } => (room, Item::Claim(reply)),
             Job::Write { ops, reply, queued } => {
                 let call = Call { reply, queued };
                 let room = match rooms_of(&ops).as_slice() {
@@ -200,6 +215,11 @@ impl Writer {
                     Item::Meta(reply) => {
                         let _ = reply.send(Err(err.clone()));
                     }
+                    Item::Claim(reply) => {
+                        // A failed claim leaves no claim (see the trait).
+                        self.claims.remove(&room);
+                        let _ = reply.send(Err(err.clone()));
+                    }
                 }
             }
             self.lanes.remove(&room);
@@ -213,12 +233,43 @@ impl Writer {
                 self.waiting -= 1;
                 async move {
                     let r = core.load_last_seq(&room).await.map_err(StoreError::from);
-                    let update = match &r {
-                        Ok(s) => CacheUpdate::Set(*s),
-                        Err(_) => CacheUpdate::Forget,
+                    let outcome = Outcome {
+                        room: Some(room.clone()),
+                        last_seq: match &r {
+                            Ok(s) => CacheUpdate::Set(*s),
+                            Err(_) => CacheUpdate::Forget,
+                        },
+                        held: HeldUpdate::Keep,
                     };
                     let _ = reply.send(r.map(|last_seq| RoomMeta { last_seq }));
-                    (room.clone(), vec![(room, update)], probe)
+                    (room, outcome, probe)
+                }
+                .boxed()
+            }
+            Some(Item::Claim(reply)) => {
+                self.waiting -= 1;
+                async move {
+                    let r = core.claim_room(&room).await;
+                    let outcome = match &r {
+                        Ok(c) => Outcome {
+                            room: Some(room.clone()),
+                            last_seq: CacheUpdate::Set(c.last_seq),
+                            held: HeldUpdate::Set(Held::Owner {
+                                epoch: c.epoch,
+                                counter: 0,
+                            }),
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, %room, "claim failed");
+                            Outcome {
+                                room: Some(room.clone()),
+                                last_seq: CacheUpdate::Forget,
+                                held: HeldUpdate::Drop,
+                            }
+                        }
+                    };
+                    let _ = reply.send(r);
+                    (room, outcome, probe)
                 }
                 .boxed()
             }
@@ -232,11 +283,8 @@ impl Writer {
                     }
                 }
                 self.waiting -= calls.len();
-                let (known, load) = match self.last_seq.get(&room) {
-                    Some(&s) => (HashMap::from([(room.clone(), s)]), Vec::new()),
-                    None => (HashMap::new(), vec![room.clone()]),
-                };
-                async move { (room, run_group(core, calls, known, load).await, probe) }.boxed()
+                let target = self.target(&room);
+                async move { (room, run_group(core, calls, Some(target)).await, probe) }.boxed()
             }
             None => {
                 lane.busy = false;
@@ -246,7 +294,16 @@ impl Writer {
         self.inflight.push(fut);
     }
 
-    fn finish(&mut self, room: RoomId, updates: Vec<(RoomId, CacheUpdate)>, probe: bool) {
+    /// What a group writing messages of `room` needs to know of it.
+    fn target(&self, room: &RoomId) -> Target {
+        Target {
+            room: room.clone(),
+            known_last: self.last_seq.get(room).copied(),
+            held: self.claims.get(room).copied(),
+        }
+    }
+
+    fn finish(&mut self, room: RoomId, outcome: Outcome, probe: bool) {
         if probe {
             // A group that sent no request leaves the probe slot free again.
             self.core.retrier.breaker().release_probe();
@@ -254,22 +311,33 @@ impl Writer {
         if self.last_seq.len() > Self::MAX_CACHED_ROOMS {
             self.last_seq.clear();
         }
-        self.apply(updates);
+        self.apply(outcome);
         if let Some(lane) = self.lanes.get_mut(&room) {
             lane.busy = false;
         }
         self.dispatch(room);
     }
 
-    fn apply(&mut self, updates: Vec<(RoomId, CacheUpdate)>) {
-        for (r, u) in updates {
-            match u {
-                CacheUpdate::Set(s) => {
-                    self.last_seq.insert(r, s);
-                }
-                CacheUpdate::Forget => {
-                    self.last_seq.remove(&r);
-                }
+    fn apply(&mut self, outcome: Outcome) {
+        let Some(room) = outcome.room else {
+            return;
+        };
+        match outcome.last_seq {
+            CacheUpdate::Keep => {}
+            CacheUpdate::Set(s) => {
+                self.last_seq.insert(room.clone(), s);
+            }
+            CacheUpdate::Forget => {
+                self.last_seq.remove(&room);
+            }
+        }
+        match outcome.held {
+            HeldUpdate::Keep => {}
+            HeldUpdate::Set(h) => {
+                self.claims.insert(room, h);
+            }
+            HeldUpdate::Drop => {
+                self.claims.remove(&room);
             }
         }
     }
@@ -281,17 +349,12 @@ impl Writer {
                 "scylla circuit breaker open".into(),
             )));
         }
-        let mut known = HashMap::new();
-        let mut load = Vec::new();
-        for room in rooms_of(&ops) {
-            match self.last_seq.get(room) {
-                Some(&s) => {
-                    known.insert(room.clone(), s);
-                }
-                None => load.push(room.clone()),
-            }
-        }
-        let updates = run_group(self.core.clone(), vec![(ops, call)], known, load).await;
-        self.apply(updates);
+        // `submit` refused calls with messages of several rooms.
+        let target = match message_room(&ops) {
+            Ok(room) => room.map(|r| self.target(r)),
+            Err(e) => return call.answer(Err(e)),
+        };
+        let outcome = run_group(self.core.clone(), vec![(ops, call)], target).await;
+        self.apply(outcome);
     }
 }

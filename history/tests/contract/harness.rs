@@ -1,24 +1,36 @@
-//! How the contract suite gets a store: the embedded store in a temporary directory, or the
-//! CQL store on the server named by `PARLEY_TEST_CQL` (`host:port[,host:port...]`), in a keyspace
-//! made fresh for this test run (`parley_ct_<unix time>_<pid>`, bucket size 8 so that paging
-//! crosses partitions). Keyspaces of runs older than an hour are dropped on the way.
+//! How the contract suite gets a store: the embedded store in a temporary directory, a fresh
+//! in-memory database, or the CQL store on the server named by `PARLEY_TEST_CQL`
+//! (`host:port[,host:port...]`), in a keyspace made fresh for this test run
+//! (`parley_ct_<unix time>_<pid>`, bucket size 8 so that paging crosses partitions). Keyspaces
+//! of runs older than an hour are dropped on the way.
+//!
+//! The fence cases need a second *handle* on the same data, as a second node has: another
+//! `MemoryStore::handle`, another `ScyllaStore::connect` on the same keyspace. The embedded
+//! store has none (see [`Backend::other_node`]).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cluster_proto::{ChatMessage, RoomId, UserId};
 use history::scylla::{ScyllaConfig, ScyllaStore};
-use history::{EmbeddedStore, HistoryStore};
+use history::{EmbeddedStore, HistoryStore, MemoryStore};
 
 /// log2 of the bucket size the CQL store uses in these tests.
 pub const TEST_BUCKET_BITS: u8 = 3;
 
 pub enum Backend {
     Embedded { dir: tempfile::TempDir },
+    Memory { db: MemoryStore },
     Cql { cfg: Box<ScyllaConfig> },
 }
 
 impl Backend {
+    pub fn memory() -> Self {
+        Backend::Memory {
+            db: MemoryStore::new(),
+        }
+    }
+
     pub fn embedded() -> Self {
         Backend::Embedded {
             dir: tempfile::tempdir().expect("temp dir"),
@@ -67,16 +79,37 @@ impl Backend {
                     }
                 }
             }
+            Backend::Memory { db } => db.handle(),
             Backend::Cql { cfg } => ScyllaStore::connect(cfg)
                 .await
                 .unwrap_or_else(|e| panic!("connect to {:?}: {e}", cfg.contact_points)),
         }
     }
 
+    /// The module name of the backend's cases.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Embedded { .. } => "embedded",
+            Backend::Memory { .. } => "memory",
+            Backend::Cql { .. } => "cql",
+        }
+    }
+
+    /// Another handle on the same data, as another node has one, or why the store has none.
+    pub async fn other_node(&self) -> Result<Arc<dyn HistoryStore>, &'static str> {
+        match self {
+            Backend::Embedded { .. } => Err(
+                "one process owns an embedded store's directory (fjall locks it), so there is \
+                 never a second handle",
+            ),
+            Backend::Memory { .. } | Backend::Cql { .. } => Ok(self.open().await),
+        }
+    }
+
     /// Messages per partition bucket of the store (0: the store has no buckets).
     pub fn bucket_size(&self) -> u64 {
         match self {
-            Backend::Embedded { .. } => 0,
+            Backend::Embedded { .. } | Backend::Memory { .. } => 0,
             Backend::Cql { .. } => 1 << TEST_BUCKET_BITS,
         }
     }
@@ -155,6 +188,25 @@ pub fn msg(room: &RoomId, seq: u64) -> ChatMessage {
         timestamp: 1_700_000_000_000 + seq as i64,
         client_msg_id: seq.is_multiple_of(2).then(|| format!("c-{room}-{seq}")),
     }
+}
+
+/// [`msg`] as written by `author` (another text and client id): two owners' versions of one
+/// seq differ.
+pub fn msg_by(room: &RoomId, seq: u64, author: &str) -> ChatMessage {
+    ChatMessage {
+        text: format!("message {seq} in {room} by {author}"),
+        client_msg_id: Some(format!("c-{room}-{seq}-{author}")),
+        ..msg(room, seq)
+    }
+}
+
+/// Says on stderr that a case did not run for a backend, and why.
+pub fn skipped(backend: &str, case: &str, why: &str) {
+    // Straight to the process's stderr: libtest would capture `eprintln!` of a passing test.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("{backend}::{case}: SKIPPED: {why}\n").as_bytes(),
+    );
 }
 
 pub fn seqs(msgs: &[ChatMessage]) -> Vec<u64> {
