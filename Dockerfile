@@ -56,10 +56,13 @@ ENV PARLEY_LISTEN=0.0.0.0:3000 \
     PARLEY_DATA_DIR=/var/lib/parley
 WORKDIR /var/lib/parley
 USER 10001:10001
-EXPOSE 3000
+# 3000: HTTP and WebSocket. 7000: node-to-node traffic, used only when clustering is enabled
+# (PARLEY_CLUSTER__LISTEN=0.0.0.0:7000, see docs/deploy.md); never publish it to clients.
+EXPOSE 3000 7000
 
-# SIGTERM (the default) makes the node close sessions with 1001 and drain within
-# `shutdown_grace` (5 s): give `docker stop` at least ~10 s (Compose: stop_grace_period).
+# SIGTERM (the default) makes the node leave its cluster (if any), close sessions with 1001 and
+# drain within `shutdown_grace` (5 s): give `docker stop` at least ~15 s (Compose:
+# stop_grace_period).
 STOPSIGNAL SIGTERM
 
 # The slim image has no curl or wget, and adding one only for this would grow the attack surface.

@@ -120,6 +120,10 @@ pub(crate) fn supervisor_error(e: SupervisorError) -> ApiError {
     }
 }
 
+fn not_in_room() -> ApiError {
+    ApiError::new(ErrorCode::NotInRoom, "join the room first")
+}
+
 fn unavailable() -> ApiError {
     ApiError::new(ErrorCode::RoomUnavailable, "the room restarted; retry")
 }
@@ -461,12 +465,16 @@ impl Rooms {
         req: SendRequest,
     ) -> Result<Arc<ChatMessage>, ApiError> {
         let room = req.room.clone();
+        if !self.hub.is_subscribed(&room, session) {
+            return Err(not_in_room());
+        }
         self.routed(
             &room,
             || {
                 self.ask_room(&room, false, |reply| RoomMsg::Send {
                     session,
                     member: member.clone(),
+                    node: None,
                     req: req.clone(),
                     reply,
                 })
@@ -514,12 +522,16 @@ impl Rooms {
         room: &RoomId,
         up_to_seq: u64,
     ) -> Result<u64, ApiError> {
+        if !self.hub.is_subscribed(room, session) {
+            return Err(not_in_room());
+        }
         self.routed(
             room,
             || {
                 self.ask_room(room, true, |reply| RoomMsg::MarkRead {
                     session,
                     member: member.clone(),
+                    node: None,
                     up_to_seq,
                     reply,
                 })

@@ -62,8 +62,7 @@ impl Rooms {
                     node: Some(node.clone()),
                     reply,
                 })
-                .await
-                .map(|r| r),
+                .await,
             ),
             Request::Send {
                 session,
@@ -75,6 +74,7 @@ impl Rooms {
                     self.ask_room(&room, false, |reply| RoomMsg::Send {
                         session,
                         member: member.clone(),
+                        node: Some(node.clone()),
                         req: req.clone(),
                         reply,
                     })
@@ -91,6 +91,7 @@ impl Rooms {
                 self.ask_room(&room, true, |reply| RoomMsg::MarkRead {
                     session,
                     member: member.clone(),
+                    node: Some(node.clone()),
                     up_to_seq,
                     reply,
                 })

@@ -14,7 +14,9 @@ use cluster_proto::api::SendRequest;
 use cluster_proto::{
     ChatMessage, ErrorCode, Member, Push, PushError, PushKind, PushSink, RoomId, SessionId, UserId,
 };
-use history::{EmbeddedStore, HistoryStore, Receipt, RoomMeta, StoreError, WriteOp, WriteTicket};
+use history::{
+    Claim, EmbeddedStore, HistoryStore, Receipt, RoomMeta, StoreError, WriteOp, WriteTicket,
+};
 use rooms::{Hub, RoomConfig, Rooms, RoomsConfig};
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -85,6 +87,10 @@ impl HistoryStore for Switchable {
     async fn room_meta(&self, room: &RoomId) -> Result<RoomMeta, StoreError> {
         self.gate().await?;
         self.inner.room_meta(room).await
+    }
+    async fn claim(&self, room: &RoomId) -> Result<Claim, StoreError> {
+        self.gate().await?;
+        self.inner.claim(room).await
     }
     async fn latest(&self, room: &RoomId, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
         self.gate().await?;
@@ -192,6 +198,7 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let inner = EmbeddedStore::open(dir.path()).expect("open store");
         let room = RoomId::new("r").expect("room id");
+        inner.claim(&room).await.expect("claim the room to seed it");
         for seq in 1..=stored {
             inner
                 .submit(vec![WriteOp::Message(ChatMessage {

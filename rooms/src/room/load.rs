@@ -34,13 +34,23 @@ impl RoomState {
         let want = self.cfg().history_on_join.max(self.cfg().dedupe_window);
         let max_receipts = self.cfg().max_receipts;
         let me = myself.clone();
+        // The first load claims the room in the store (the ownership fence: any write of an
+        // earlier owner still on its way is refused from now on, and `last_seq` includes
+        // everything acknowledged to it). Reloads of a loaded room keep the claim and only
+        // reread the last seq.
+        let claim = !self.claimed;
         tokio::spawn(async move {
             let result = async {
-                let meta = store.room_meta(&room).await?;
+                let last_seq = if claim {
+                    store.claim(&room).await?.last_seq
+                } else {
+                    store.room_meta(&room).await?.last_seq
+                };
                 let latest = store.latest(&room, want).await?;
                 let receipts = store.receipts(&room, max_receipts).await?;
                 Ok(Snapshot {
-                    last_seq: meta.last_seq,
+                    claimed: claim,
+                    last_seq,
                     latest,
                     receipts,
                 })
@@ -71,8 +81,13 @@ impl RoomState {
         result: Result<Snapshot, StoreError>,
     ) {
         self.loading = false;
+        if let Err(StoreError::Fenced { .. }) = &result {
+            // A newer owner claimed the room while this one reloaded.
+            return self.retire(myself, Retiring::Fenced);
+        }
         match result {
             Ok(snap) => {
+                self.claimed |= snap.claimed;
                 metrics::counter!("parley_room_loads_total", "result" => "ok").increment(1);
                 if self.load_failures > 0 {
                     tracing::info!(room = %self.room, failures = self.load_failures, "room history loaded");

@@ -136,9 +136,13 @@ pub enum RoomMsg {
     Leave {
         session: SessionId,
     },
+    /// `node`: the session's node when it is not this one. The caller has checked that the
+    /// session is subscribed to the room on its node: a session the room does not know (its
+    /// registration after an owner change is still on its way) is added, as by `Rejoin`.
     Send {
         session: SessionId,
         member: Member,
+        node: Option<Arc<str>>,
         req: SendRequest,
         reply: Reply<Arc<ChatMessage>>,
     },
@@ -147,9 +151,11 @@ pub enum RoomMsg {
         member: Member,
         is_typing: bool,
     },
+    /// `node`: as for `Send`.
     MarkRead {
         session: SessionId,
         member: Member,
+        node: Option<Arc<str>>,
         up_to_seq: u64,
         reply: Reply<u64>,
     },
@@ -194,6 +200,8 @@ pub struct RoomArgs {
 
 /// The room's history state as read from the store by a load.
 pub struct Snapshot {
+    /// This load claimed the room.
+    claimed: bool,
     last_seq: u64,
     latest: Vec<ChatMessage>,
     receipts: Vec<Receipt>,
@@ -254,6 +262,8 @@ pub struct RoomState {
     restarted: bool,
     /// The history state (seq, recent messages, dedupe ids, receipts) was loaded at least once.
     loaded: bool,
+    /// This incarnation claimed the room in the store (its writes are fenced by that claim).
+    claimed: bool,
     /// A write failed since the last load: the store's last seq may be above `durable` (a
     /// commit whose ack was lost). Sends wait for a reload.
     stale: bool,
@@ -363,6 +373,7 @@ impl Actor for Room {
             deps: args.deps,
             restarted: args.restarted,
             loaded: false,
+            claimed: false,
             stale: false,
             loading: false,
             waiting: VecDeque::new(),
@@ -452,12 +463,14 @@ impl Actor for Room {
             RoomMsg::Send {
                 session,
                 member,
+                node,
                 req,
                 reply,
             } => {
                 if !state.sessions.contains_key(&session) {
-                    let _ = reply.send(Err(not_in_room()));
-                } else if state.seq_known() {
+                    state.rejoin(&myself, node, vec![(session, member.clone())]);
+                }
+                if state.seq_known() {
                     state.send(&myself, session, member, req, reply);
                 } else {
                     state.wait_for_load(
@@ -479,12 +492,14 @@ impl Actor for Room {
             RoomMsg::MarkRead {
                 session,
                 member,
+                node,
                 up_to_seq,
                 reply,
             } => {
                 if !state.sessions.contains_key(&session) {
-                    let _ = reply.send(Err(not_in_room()));
-                } else if state.loaded {
+                    state.rejoin(&myself, node, vec![(session, member.clone())]);
+                }
+                if state.loaded {
                     state.mark_read(&myself, session, member, up_to_seq, reply);
                 } else {
                     state.wait_for_load(

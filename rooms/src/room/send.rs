@@ -108,6 +108,7 @@ impl RoomState {
         if let Some(p) = self.pending.get_mut(&seq) {
             p.outcome = Some(result);
         }
+        let mut fenced = false;
         while let Some(entry) = self.pending.first_entry() {
             if entry.get().outcome.is_none() {
                 break;
@@ -132,6 +133,11 @@ impl RoomState {
                     }
                 }
                 Some(Err(e)) => {
+                    if matches!(e, StoreError::Fenced { .. }) && self.retiring.is_none() {
+                        // A newer owner claimed the room: nothing of this write is visible.
+                        // Its senders retry at the new owner (same clientMsgId).
+                        fenced = true;
+                    }
                     self.failed_in_flight = true;
                     let lowest = self.lowest_failed.map_or(p.msg.seq, |l| l.min(p.msg.seq));
                     self.lowest_failed = Some(lowest);
@@ -141,13 +147,20 @@ impl RoomState {
                             self.dedupe.remove(&key);
                         }
                     }
-                    let err = store_error(&e);
+                    let err = match e {
+                        StoreError::Fenced { .. } => self.moved(),
+                        _ => store_error(&e),
+                    };
                     for w in p.waiters {
                         let _ = w.send(Err(err.clone()));
                     }
                 }
                 None => {}
             }
+        }
+        if fenced {
+            self.retire(myself, Retiring::Fenced);
+            return;
         }
         if self.pending.is_empty() && self.retiring.is_some() {
             myself.stop(Some("ownership moved".into()));
