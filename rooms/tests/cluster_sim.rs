@@ -24,12 +24,15 @@ use history::MemoryStore;
 use rooms::{ClusterView, Hub, Rooms, RoomsConfig, Transport, TransportError, UserConfig};
 use tokio::sync::mpsc;
 
+/// The ordered cast queue of each (from, to) link.
+type Links = HashMap<(String, String), mpsc::UnboundedSender<Vec<u8>>>;
+
 /// The network: which node is alive, which links are cut, one ordered queue per link.
 #[derive(Default)]
 struct Net {
     nodes: RwLock<HashMap<String, Weak<Rooms>>>,
     cut: RwLock<HashSet<(String, String)>>,
-    links: Mutex<HashMap<(String, String), mpsc::UnboundedSender<Vec<u8>>>>,
+    links: Mutex<Links>,
 }
 
 impl Net {
