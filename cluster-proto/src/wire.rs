@@ -116,6 +116,22 @@ pub struct RemoteMember {
     pub member: Member,
 }
 
+/// A room's state, handed by its old owner to its new one in a planned move (a node joined,
+/// or the old owner drains) once the old owner's writes in flight are done.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RoomHandoff {
+    /// The last seq the old owner committed.
+    pub last_seq: u64,
+    /// Its most recent messages (what `joinRoom` returns).
+    pub recent: Vec<ChatMessage>,
+    /// Its dedupe window: (user, clientMsgId, seq).
+    pub dedupe: Vec<(UserId, String, u64)>,
+    /// Read receipts: (user, seq).
+    pub receipts: Vec<(UserId, u64)>,
+    /// Its members, with the node of each session.
+    pub members: Vec<(String, RemoteMember)>,
+}
+
 /// Requests that want an answer.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub enum Request {
@@ -150,6 +166,11 @@ pub enum Request {
         room: RoomId,
         members: Vec<RemoteMember>,
     },
+    /// A planned move: the old owner's state of `room` (to the new owner).
+    Handoff {
+        room: RoomId,
+        state: RoomHandoff,
+    },
 }
 
 /// Answers to [`Request`]s.
@@ -164,6 +185,7 @@ pub enum Response {
     MarkRead(Result<u64, ApiError>),
     UserConnect(Result<(), ApiError>),
     Rejoin(Result<(), ApiError>),
+    Handoff(Result<(), ApiError>),
     /// The request was not understood (or this node refuses the sender).
     Refused(String),
 }

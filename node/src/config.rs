@@ -288,8 +288,12 @@ impl ClusterSettings {
         if self.cookie.is_none() && self.cookie_file.is_none() {
             return Err("a cluster needs a cookie (cookie or cookie_file)".into());
         }
-        if matches!(&self.cookie, Some(c) if c.len() < 16) {
-            return Err("cookie must be at least 16 bytes".into());
+        match self.effective_cookie() {
+            Ok(Some(c)) if c.len() < 16 => {
+                return Err("the cookie must be at least 16 bytes".into())
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_misses == 0 {
             return Err("heartbeat_interval and heartbeat_misses must be > 0".into());
@@ -545,6 +549,60 @@ mod tests {
         let cfg = Config::load(Some(&f), flags).unwrap();
         assert_eq!(cfg.max_text_chars, 20);
         assert_eq!(cfg.heartbeat_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let _env = env_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = |extra: &[(&str, toml::Value)]| {
+            let mut f = Figment::from(Serialized::global("cluster.listen", "127.0.0.1:7000"))
+                .merge(Serialized::global("history", "scylla"));
+            for (k, v) in extra {
+                f = f.merge(Serialized::global(*k, v.clone()));
+            }
+            Config::load(None, f)
+        };
+        let s = |v: &str| toml::Value::String(v.into());
+        // No cookie, a short one, a missing or short file: refused.
+        assert!(cluster(&[]).is_err());
+        assert!(cluster(&[("cluster.cookie", s("short"))]).is_err());
+        let missing = dir.path().join("nope").display().to_string();
+        assert!(cluster(&[("cluster.cookie_file", s(&missing))]).is_err());
+        let short = dir.path().join("short");
+        std::fs::write(&short, "abc\n").unwrap();
+        assert!(cluster(&[("cluster.cookie_file", s(&short.display().to_string()))]).is_err());
+        // A good file; peers as a comma-separated string; DNS discovery parsed.
+        let good = dir.path().join("cookie");
+        std::fs::write(&good, "  0123456789abcdef0123\n").unwrap();
+        let cfg = cluster(&[
+            ("cluster.cookie_file", s(&good.display().to_string())),
+            ("cluster.peers", s("a:7000, b:7000")),
+            ("cluster.discovery", s("dns:parley-headless:7000")),
+        ])
+        .unwrap();
+        assert_eq!(cfg.cluster.peers, vec!["a:7000", "b:7000"]);
+        assert_eq!(
+            cfg.cluster.effective_cookie().unwrap().as_deref(),
+            Some("0123456789abcdef0123")
+        );
+        assert_eq!(
+            cfg.cluster.dns_discovery().unwrap(),
+            Some(("parley-headless".to_string(), 7000))
+        );
+        assert!(cluster(&[
+            ("cluster.cookie", s("0123456789abcdef0123")),
+            ("cluster.discovery", s("srv:x"))
+        ])
+        .is_err());
+        // A cluster on the embedded store is refused: its history would be per node.
+        let f = Figment::from(Serialized::global("cluster.listen", "127.0.0.1:7000"))
+            .merge(Serialized::global("cluster.cookie", "0123456789abcdef0123"));
+        let err = Config::load(None, f).unwrap_err().to_string();
+        assert!(err.contains("scylla"), "{err}");
+        // Peers without listen make no sense.
+        let f = Figment::from(Serialized::global("cluster.peers", "a:1"));
+        assert!(Config::load(None, f).is_err());
     }
 
     #[test]

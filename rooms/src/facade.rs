@@ -102,6 +102,7 @@ pub struct Rooms {
     pub(crate) store: Arc<dyn HistoryStore>,
     pub(crate) rooms: Directory<RoomSpec>,
     pub(crate) users: Directory<UserSpec>,
+    pub(crate) room_deps: Arc<RoomDeps>,
     /// Per-user token buckets of this node's sessions, with their session count.
     buckets: Mutex<HashMap<UserId, (Arc<TokenBucket>, usize)>>,
     /// Per room with sessions here: the owner they were last registered with (see
@@ -156,8 +157,9 @@ impl Rooms {
             hub: hub.clone(),
             cluster: cluster.clone(),
             cfg: cfg.room.clone(),
+            handoffs: Mutex::new(HashMap::new()),
         });
-        let rooms = Directory::start(RoomSpec(deps), cfg.restart).await?;
+        let rooms = Directory::start(RoomSpec(deps.clone()), cfg.restart).await?;
         let users = Directory::start(UserSpec(cfg.user.clone()), cfg.restart).await?;
         Ok(Arc::new(Rooms {
             cfg,
@@ -166,6 +168,7 @@ impl Rooms {
             store,
             rooms,
             users,
+            room_deps: deps,
             buckets: Mutex::new(HashMap::new()),
             registered: Mutex::new(HashMap::new()),
             users_registered: Mutex::new(HashMap::new()),

@@ -18,11 +18,11 @@
 //! Registration is also re-checked periodically (the node calls `sync_registrations` every
 //! second), which repairs a registration that failed because views had not converged yet.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use cluster_proto::wire::{Cast, RemoteMember, Request, Response};
+use cluster_proto::wire::{Cast, RemoteMember, Request, Response, RoomHandoff};
 use cluster_proto::{ApiError, ErrorCode, RoomId, SessionId, UserId};
 
 use crate::facade::{supervisor_error, Rooms};
@@ -107,6 +107,7 @@ impl Rooms {
             Request::Rejoin { room, members } => {
                 Response::Rejoin(self.rejoin(&room, Some(node), members).await)
             }
+            Request::Handoff { room, state } => Response::Handoff(self.adopt(&room, state).await),
             Request::Hello(_) | Request::Ping => {
                 Response::Refused("handled by the cluster layer".into())
             }
@@ -127,6 +128,31 @@ impl Rooms {
                 members: members.into_iter().map(|m| (m.session, m.member)).collect(),
             })
             .map_err(|_| ApiError::new(ErrorCode::RoomUnavailable, "the room restarted; retry"))
+    }
+
+    /// A planned move's state from the old owner: kept for the room's first load (which uses
+    /// it if its claim shows nothing committed since), and its members registered at once.
+    async fn adopt(&self, room: &RoomId, mut state: RoomHandoff) -> Result<(), ApiError> {
+        self.owns_room(room)?;
+        let members = std::mem::take(&mut state.members);
+        self.room_deps
+            .handoffs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(room.clone(), state);
+        let mut by_node: HashMap<String, Vec<RemoteMember>> = HashMap::new();
+        for (node, m) in members {
+            by_node.entry(node).or_default().push(m);
+        }
+        for (node, members) in by_node {
+            let node = (!self.cluster.is_local(&node)).then(|| self.cluster.intern(&node));
+            self.rejoin(room, node, members).await?;
+        }
+        // A room that was already running has its own state: drop the handed one.
+        if let Some(actor) = self.rooms.peek(room) {
+            let _ = actor.cast(RoomMsg::DropHandoff);
+        }
+        Ok(())
     }
 
     /// Applies a one-way frame of node `from`.

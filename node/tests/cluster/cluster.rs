@@ -164,6 +164,28 @@ impl Cluster {
         self.nodes.last().expect("just pushed")
     }
 
+    /// Starts node `name` on `ip` with the cluster's store but only `args` for the cluster
+    /// (no cookie, no peers of its own): for nodes that must find the cluster by other means,
+    /// or must be refused by it.
+    pub async fn add_custom(&mut self, name: &str, ip: &str, args: &[String]) -> &ClusterNode {
+        let mut all: Vec<String> = args.to_vec();
+        all.extend(HEARTBEAT.iter().chain(FAST).map(|s| s.to_string()));
+        all.extend(self.keyspace.node_args());
+        let node = ClusterNode::start(name, ip, &all).await;
+        report!(
+            "{}: node {name} up: cluster {}",
+            self.test,
+            node.cluster_addr
+        );
+        self.nodes.push(node);
+        self.nodes.last().expect("just pushed")
+    }
+
+    /// The cluster's cookie.
+    pub fn cookie(&self) -> &str {
+        &self.cookie
+    }
+
     async fn spawn(&self, name: &str, peers: &[String], extra: &[&str]) -> ClusterNode {
         assert!(
             self.nodes.iter().all(|n| n.name != name),

@@ -23,6 +23,7 @@
 //! | [`node_joins`] | a 4th node takes over rooms under traffic, nothing lost, order kept |
 //! | [`sigterm`] | SIGTERM drains a node: 1001, reconnect elsewhere, exit 0, nothing lost |
 //! | [`partition`] | a 30 s partition of one node heals without any seq given twice |
+//! | [`membership`] | a wrong cookie is never admitted; `dns:` discovery; presence of one user on two nodes |
 
 /// A line on the test process's stderr, shown even for passing tests (libtest captures
 /// `eprintln!`): the figures of a run.
@@ -48,6 +49,7 @@ mod sender;
 mod store;
 
 mod kill_owner;
+mod membership;
 mod node_joins;
 mod partition;
 mod route;

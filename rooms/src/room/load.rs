@@ -39,6 +39,17 @@ impl RoomState {
         // everything acknowledged to it). Reloads of a loaded room keep the claim and only
         // reread the last seq.
         let claim = !self.claimed;
+        // A state handed over by the old owner saves the history reads, if the claim shows
+        // that nothing was committed since it was taken.
+        let handed = claim
+            .then(|| {
+                self.deps
+                    .handoffs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&room)
+            })
+            .flatten();
         tokio::spawn(async move {
             let result = async {
                 let last_seq = if claim {
@@ -46,11 +57,31 @@ impl RoomState {
                 } else {
                     store.room_meta(&room).await?.last_seq
                 };
+                if let Some(h) = handed {
+                    let used = h.last_seq == last_seq;
+                    metrics::counter!("parley_cluster_handoff_states_total",
+                        "result" => if used { "used" } else { "stale" })
+                    .increment(1);
+                    if used {
+                        return Ok(Snapshot {
+                            claimed: claim,
+                            last_seq,
+                            dedupe: h.dedupe,
+                            latest: h.recent,
+                            receipts: h
+                                .receipts
+                                .into_iter()
+                                .map(|(user, seq)| Receipt { user, seq })
+                                .collect(),
+                        });
+                    }
+                }
                 let latest = store.latest(&room, want).await?;
                 let receipts = store.receipts(&room, max_receipts).await?;
                 Ok(Snapshot {
                     claimed: claim,
                     last_seq,
+                    dedupe: Vec::new(),
                     latest,
                     receipts,
                 })
@@ -153,6 +184,9 @@ impl RoomState {
         self.recent.clear();
         self.dedupe.clear();
         self.dedupe_order.clear();
+        for (user, id, seq) in snap.dedupe {
+            self.remember_client_id(user, id, seq);
+        }
         let keep_from = snap.latest.len().saturating_sub(self.cfg().history_on_join);
         for (i, m) in snap.latest.into_iter().enumerate() {
             if let Some(c) = &m.client_msg_id {

@@ -109,6 +109,8 @@ pub struct RoomDeps {
     pub hub: Arc<Hub>,
     pub cluster: Arc<ClusterView>,
     pub cfg: RoomConfig,
+    /// States handed over by old owners in planned moves, taken by the room's first load.
+    pub handoffs: std::sync::Mutex<HashMap<RoomId, cluster_proto::wire::RoomHandoff>>,
 }
 
 pub type Reply<T> = RpcReplyPort<Result<T, ApiError>>;
@@ -131,8 +133,10 @@ pub enum RoomMsg {
     /// A node left the cluster: its sessions are gone.
     NodeDown(Arc<str>),
     /// This node no longer owns the room: finish the writes in flight, refuse the rest with
-    /// `room_moved`, then stop.
+    /// `room_moved`, hand the state to the new owner, then stop.
     Handoff,
+    /// A handed-over state arrived for a room that is already running: forget it.
+    DropHandoff,
     Leave {
         session: SessionId,
     },
@@ -203,6 +207,8 @@ pub struct Snapshot {
     /// This load claimed the room.
     claimed: bool,
     last_seq: u64,
+    /// Dedupe entries beyond those of `latest` (from a handed-over state).
+    dedupe: Vec<(UserId, String, u64)>,
     latest: Vec<ChatMessage>,
     receipts: Vec<Receipt>,
 }
@@ -453,6 +459,16 @@ impl Actor for Room {
             RoomMsg::Rejoin { node, members } => state.rejoin(&myself, node, members),
             RoomMsg::NodeDown(node) => state.node_down(&myself, &node),
             RoomMsg::Handoff => state.retire(&myself, Retiring::Moved),
+            RoomMsg::DropHandoff => {
+                if state.claimed || state.loading {
+                    state
+                        .deps
+                        .handoffs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&state.room);
+                }
+            }
             RoomMsg::Leave { session } => state.leave(&myself, session),
             RoomMsg::Send { reply, .. } if state.retiring.is_some() => {
                 let _ = reply.send(Err(state.moved()));

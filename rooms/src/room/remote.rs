@@ -5,7 +5,7 @@
 //! to this node's hub directly and to every other node with members as ONE `Deliver` frame,
 //! whose hub then delivers to its own sessions. The frame is encoded once for all nodes.
 
-use cluster_proto::wire::{Cast, WirePush};
+use cluster_proto::wire::{Cast, RemoteMember, Request, RoomHandoff, WirePush};
 
 use super::*;
 
@@ -135,7 +135,62 @@ impl RoomState {
             }
         }
         if self.pending.is_empty() {
-            myself.stop(Some("ownership moved".into()));
+            self.finish_retirement(myself);
         }
+    }
+
+    /// The last step of a retirement, once no write is in flight: in a planned move (this
+    /// node still runs and knows the room's state), hand the state to the new owner, then
+    /// stop. A fenced room hands nothing over: a newer owner already has the room.
+    pub(super) fn finish_retirement(&mut self, myself: &ActorRef<RoomMsg>) {
+        if self.retiring == Some(Retiring::Moved) && self.loaded && !self.stale {
+            let owner = self.deps.cluster.room_owner(self.room.as_str());
+            if !self.deps.cluster.is_local(&owner) {
+                let local = self.deps.cluster.local().to_string();
+                let state = RoomHandoff {
+                    last_seq: self.durable,
+                    recent: self.recent.iter().map(|m| (**m).clone()).collect(),
+                    dedupe: self
+                        .dedupe
+                        .iter()
+                        .map(|((u, c), s)| (u.clone(), c.clone(), *s))
+                        .collect(),
+                    receipts: self.receipts.iter().map(|(u, s)| (u.clone(), *s)).collect(),
+                    members: self
+                        .sessions
+                        .iter()
+                        .filter_map(|(session, user)| {
+                            let username = self.members.get(user)?.username.clone();
+                            let node = self
+                                .remote
+                                .get(session)
+                                .map_or(local.clone(), |n| n.to_string());
+                            Some((
+                                node,
+                                RemoteMember {
+                                    session: *session,
+                                    member: Member {
+                                        user_id: user.clone(),
+                                        username,
+                                    },
+                                },
+                            ))
+                        })
+                        .collect(),
+                };
+                let (cluster, room) = (self.deps.cluster.clone(), self.room.clone());
+                let timeout = self.cfg().join_history_wait;
+                tokio::spawn(async move {
+                    let req = Request::Handoff {
+                        room: room.clone(),
+                        state,
+                    };
+                    if let Err(e) = cluster.call(&owner, req, timeout).await {
+                        tracing::debug!(%room, %owner, error = %e, "state handoff not taken; the new owner loads from the store");
+                    }
+                });
+            }
+        }
+        myself.stop(Some("ownership moved".into()));
     }
 }

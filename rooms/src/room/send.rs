@@ -163,7 +163,7 @@ impl RoomState {
             return;
         }
         if self.pending.is_empty() && self.retiring.is_some() {
-            myself.stop(Some("ownership moved".into()));
+            self.finish_retirement(myself);
             return;
         }
         if self.pending.is_empty() {

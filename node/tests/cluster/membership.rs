@@ -1,0 +1,141 @@
+//! Membership: who gets in, how nodes find each other, and presence across nodes.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cluster::Cluster;
+use crate::scenario::bounded;
+
+fn ring(v: &Value) -> Vec<String> {
+    v["ringMembers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A node with another cookie dials the cluster for 3 s and is never admitted: neither side
+/// lists the other (ractor_cluster's cookie handshake fails, the link is dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_cookie_is_never_admitted() {
+    const TEST: &str = "a_node_with_another_cookie_is_never_admitted";
+    bounded(TEST, Duration::from_secs(60), async {
+        let Some(mut cluster) = Cluster::start(TEST, &["a", "b"]).await else {
+            return;
+        };
+        let seed = cluster.node("a").cluster_addr.clone();
+        let wrong = format!("{}-but-not-this-one", cluster.cookie());
+        cluster
+            .add_custom(
+                "intruder",
+                "127.0.0.20",
+                &["--cluster-cookie".into(), wrong, "--peers".into(), seed],
+            )
+            .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for n in ["a", "b"] {
+            assert_eq!(
+                ring(&cluster.view(n).await),
+                ["a", "b"],
+                "{n} admitted the intruder"
+            );
+        }
+        assert_eq!(ring(&cluster.view("intruder").await), ["intruder"]);
+        report!("{TEST}: after 3 s of dialing, the intruder is in no view");
+    })
+    .await;
+}
+
+/// A node started with only `--discovery dns:localhost:PORT` (no `--peers`) finds the node
+/// listening there, and through it (learned peers) the rest of the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_discovery_finds_the_cluster() {
+    const TEST: &str = "dns_discovery_finds_the_cluster";
+    bounded(TEST, Duration::from_secs(60), async {
+        let Some(mut cluster) = Cluster::start(TEST, &["a", "b"]).await else {
+            return;
+        };
+        // `localhost` resolves to 127.0.0.1: a third node listens there, found by name only.
+        let cookie = cluster.cookie().to_string();
+        let seeded = cluster.node("a").cluster_addr.clone();
+        cluster
+            .add_custom(
+                "local",
+                "127.0.0.1",
+                &[
+                    "--cluster-cookie".into(),
+                    cookie.clone(),
+                    "--peers".into(),
+                    seeded,
+                ],
+            )
+            .await;
+        cluster
+            .converge(&["a", "b", "local"], Duration::from_secs(20))
+            .await;
+        let port = cluster
+            .node("local")
+            .cluster_addr
+            .rsplit_once(':')
+            .map(|(_, p)| p.to_string())
+            .expect("port");
+        cluster
+            .add_custom(
+                "found",
+                "127.0.0.21",
+                &[
+                    "--cluster-cookie".into(),
+                    cookie,
+                    "--discovery".into(),
+                    format!("dns:localhost:{port}"),
+                    "--set".into(),
+                    "cluster.discovery_interval=\"500ms\"".into(),
+                ],
+            )
+            .await;
+        let took = cluster
+            .converge(&["a", "b", "local", "found"], Duration::from_secs(20))
+            .await;
+        report!("{TEST}: a node with only dns:localhost:{port} joined all 4 in {took:?}");
+    })
+    .await;
+}
+
+/// One user with a session on A and one on C, in a room owned by B; a watcher on B:
+/// `userJoined` once (the user's first session), no `userLeft` when the session on A closes,
+/// `userLeft` when the last one (on C) closes; the member list counts the user once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_of_a_user_spread_over_nodes() {
+    const TEST: &str = "presence_of_a_user_spread_over_nodes";
+    bounded(TEST, Duration::from_secs(60), async {
+        let Some(cluster) = Cluster::start(TEST, &["a", "b", "c"]).await else {
+            return;
+        };
+        let room = cluster
+            .room_owned_by("b", "presence", &["a", "b", "c"])
+            .await;
+        let mut watcher = cluster.client("b", "watcher").await;
+        watcher.join(&room).await;
+        let mut on_a = cluster.client("a", "dana").await;
+        on_a.join(&room).await;
+        let joined = watcher.event("userJoined").await;
+        assert_eq!(joined["userId"], "dana");
+        let mut on_c = cluster.client("c", "dana").await;
+        let reply = on_c.join(&room).await;
+        assert_eq!(reply["memberCount"], 2, "dana counts once: {reply}");
+        watcher
+            .no_event("userJoined", Duration::from_millis(500))
+            .await;
+        drop(on_a);
+        watcher.no_event("userLeft", Duration::from_secs(1)).await;
+        drop(on_c);
+        let left = watcher.event("userLeft").await;
+        assert_eq!(left["userId"], "dana");
+        report!("{TEST}: one userJoined, one userLeft for a user on two nodes");
+    })
+    .await;
+}
