@@ -559,7 +559,7 @@ mod tests {
             let mut f = Figment::from(Serialized::global("cluster.listen", "127.0.0.1:7000"))
                 .merge(Serialized::global("history", "scylla"));
             for (k, v) in extra {
-                f = f.merge(Serialized::global(*k, v.clone()));
+                f = f.merge(Serialized::global(k, v.clone()));
             }
             Config::load(None, f)
         };
