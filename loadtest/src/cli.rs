@@ -65,16 +65,21 @@ impl Common {
 
     /// The id prefix: given, or unique per run so rooms start empty.
     pub fn prefix(&self) -> Result<String> {
-        let p = match &self.prefix {
-            Some(p) => p.clone(),
-            None => format!("lt{}", crate::sys::mono_ns() / 1_000_000 % 100_000_000),
-        };
-        let ok = |c: char| c.is_ascii_alphanumeric() || "_-.:@".contains(c);
-        if p.is_empty() || p.len() > 64 || !p.chars().all(ok) {
-            bail!("--prefix: 1-64 characters from A-Z a-z 0-9 _ - . : @");
-        }
-        Ok(p)
+        make_prefix(self.prefix.as_deref())
     }
+}
+
+/// The id prefix `given` (checked), or `lt` and a run number from the clock.
+pub fn make_prefix(given: Option<&str>) -> Result<String> {
+    let p = match given {
+        Some(p) => p.to_string(),
+        None => format!("lt{}", crate::sys::mono_ns() / 1_000_000 % 100_000_000),
+    };
+    let ok = |c: char| c.is_ascii_alphanumeric() || "_-.:@".contains(c);
+    if p.is_empty() || p.len() > 64 || !p.chars().all(ok) {
+        bail!("--prefix: 1-64 characters from A-Z a-z 0-9 _ - . : @");
+    }
+    Ok(p)
 }
 
 /// `30s`, `500ms`, `2m`, `1h`, or plain seconds (`1.5`).

@@ -24,8 +24,8 @@ use crate::ws::{Frame, WsReader, WsWriter};
 pub enum Event {
     /// A push (`{"event": ..., "data": ...}`).
     Push(Value),
-    /// The session ended: the close code, or `None` when the connection just dropped.
-    Closed(Option<u16>),
+    /// The session ended (its close code: [`Conn::closed`]).
+    Closed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +45,6 @@ struct Shared {
 type Writer = Arc<tokio::sync::Mutex<WsWriter>>;
 
 pub struct Conn {
-    /// Index of the node this session is on.
-    pub node: usize,
     writer: Writer,
     shared: Arc<Mutex<Shared>>,
     next_id: AtomicU64,
@@ -64,11 +62,9 @@ fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 }
 
 impl Conn {
-    /// Opens a session with `token` on `target` (node number `node`); `index` picks the
-    /// source address.
+    /// Opens a session with `token` on `target`; `index` picks the source address.
     pub async fn open(
         target: &Target,
-        node: usize,
         token: &str,
         index: u64,
         opts: ConnOpts,
@@ -80,7 +76,6 @@ impl Conn {
         let task = tokio::spawn(read_loop(ws.r, writer.clone(), shared.clone(), events));
         Ok((
             Conn {
-                node,
                 writer,
                 shared,
                 next_id: AtomicU64::new(1),
@@ -167,7 +162,7 @@ async fn read_loop(
         s.closed = Some(code);
         s.pending.clear();
     }
-    let _ = events.send(Event::Closed(code));
+    let _ = events.send(Event::Closed);
 }
 
 fn dispatch(t: &[u8], shared: &Mutex<Shared>, events: &mpsc::UnboundedSender<Event>) {

@@ -7,6 +7,11 @@ mod chat_report;
 mod chat_shard;
 mod cli;
 mod connect;
+mod failover;
+mod failover_client;
+mod failover_conn;
+mod failover_ledger;
+mod failover_nodes;
 mod frame;
 mod history;
 mod net;
@@ -46,6 +51,9 @@ enum Cmd {
     History(history::Args),
     /// Chat steps at a rising rate: the highest rate with delivery ≥ 99.9 % and p99 ≤ 50 ms.
     Ramp(ramp::Args),
+    /// Chat traffic while cluster nodes are killed (-9) and restarted: lost, duplicated and
+    /// out-of-order acknowledged messages, recovery time.
+    Failover(failover::Args),
     /// Internal: one worker process of a `connect` or `chat` run.
     #[command(hide = true)]
     Worker {
@@ -73,6 +81,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Chat(a) => worker::runtime(1)?.block_on(chat::run(a)),
         Cmd::Ramp(a) => worker::runtime(1)?.block_on(ramp::run(a)),
+        Cmd::Failover(a) => worker::runtime(a.threads as usize)?.block_on(failover::run(a)),
         Cmd::History(a) => {
             let rt = worker::runtime(a.common.threads as usize)?;
             rt.block_on(history::run(a))

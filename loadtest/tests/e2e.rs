@@ -125,3 +125,62 @@ fn refuses_non_loopback_targets_and_unbounded_runs() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn failover_without_kills_sees_every_ack_once() {
+    let port = start_mock();
+    let bare = format!("ws://127.0.0.1:{port}/ws");
+    let keyed = format!("url=ws://127.0.0.1:{port}/ws");
+    let r = run(&[
+        "failover",
+        "--node",
+        &bare,
+        "--node",
+        &keyed,
+        "--rooms",
+        "3",
+        "--readers-per-node",
+        "2",
+        "--rate",
+        "100",
+        "--kills",
+        "0",
+        "--warmup",
+        "2s",
+        "--settle",
+        "500ms",
+    ]);
+    let acked = r["acked"].as_u64().unwrap();
+    assert!(acked > 100, "{r}");
+    for k in [
+        "lost",
+        "duplicate_pushes",
+        "out_of_order_pushes",
+        "seq_reused",
+        "stored_twice",
+        "gaps",
+        "abandoned",
+        "violations",
+        "missing_before_final_resume",
+    ] {
+        assert_eq!(r[k], 0, "{k}: {r}");
+    }
+    assert_eq!(r["readers"], 4, "{r}");
+    // Every reader is a member of every room: each ack is pushed to all four.
+    assert_eq!(r["pushes"].as_u64().unwrap(), acked * 4, "{r}");
+    assert_eq!(r["kills"], serde_json::json!([]));
+    assert_eq!(r["ack_latency"]["count"].as_u64(), Some(acked));
+    assert_eq!(r["readers_failed"], serde_json::json!([]));
+
+    // Kills need a node with a pidfile and a start command.
+    let out = Command::new(env!("CARGO_BIN_EXE_parley-loadtest"))
+        .args(["failover", "--node", &bare, "--node", &keyed, "--kills", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pidfile= and a start="),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -300,13 +300,24 @@ impl Rooms {
             e.1 += 1;
             e.0.clone()
         };
-        match self.register_user(&member.user_id, vec![session]).await {
-            Ok(()) => Ok(bucket),
-            Err(e) => {
-                self.disconnect(session, &member.user_id);
-                Err(e)
+        // Presence bookkeeping at the user's owner: a failure does not refuse the connection
+        // (the session works without it); the periodic `sync_registrations` retries it.
+        let mut attempt = 0;
+        loop {
+            match self.register_user(&member.user_id, vec![session]).await {
+                Ok(()) => break,
+                Err(e) if e.code == ErrorCode::RoomMoved && attempt + 1 < ROUTE_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                }
+                Err(e) => {
+                    metrics::counter!("parley_user_registration_failures_total").increment(1);
+                    tracing::debug!(user = %member.user_id, error = %e, "user registration deferred");
+                    break;
+                }
             }
         }
+        Ok(bucket)
     }
 
     /// Tells the user's owner about `sessions` of this node.

@@ -1,5 +1,6 @@
 //! A tiny in-process stand-in server for the tool's end-to-end tests: join/leave/send
-//! with acks, `newMessage` fan-out and history on join, spoken either as Parley's `/ws`
+//! with acks (idempotent with a `clientMsgId`), `newMessage` fan-out, history on join,
+//! `resume` in pages and `GET /healthz`, spoken either as Parley's `/ws`
 //! JSON protocol (token in `Authorization`) or, on paths under `/socket.io/`, as
 //! Socket.IO v4 (open packet, CONNECT with the token in the auth payload, an Engine.IO
 //! ping whose pong is counted, `42<id>[...]` events answered with `43<id>[...]`).
@@ -18,7 +19,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Default)]
 struct Room {
+    /// The latest 50 messages (what a join returns).
     history: Vec<String>,
+    /// Every message, seq i + 1 at index i (what `resume` pages through).
+    log: Vec<String>,
+    /// clientMsgId → the stored message, so a resend is answered with the original.
+    by_client_id: HashMap<String, String>,
     members: HashMap<u64, (bool, mpsc::UnboundedSender<String>)>,
 }
 
@@ -99,7 +105,15 @@ fn parse_request(sio: bool, t: &str) -> Option<(String, Value, u64)> {
 }
 
 #[allow(clippy::result_large_err)] // the handshake callback's signature
-async fn serve(sock: tokio::net::TcpStream, conn: u64, rooms: Rooms, seen: Arc<Seen>) {
+async fn serve(mut sock: tokio::net::TcpStream, conn: u64, rooms: Rooms, seen: Arc<Seen>) {
+    // `GET /healthz` (plain HTTP) answers 200, as a Parley node does.
+    let mut head = [0u8; 12];
+    if matches!(sock.peek(&mut head).await, Ok(12)) && head.starts_with(b"GET /healthz") {
+        use tokio::io::AsyncWriteExt;
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 15\r\nconnection: close\r\n\r\n{\"status\":\"ok\"}";
+        let _ = sock.write_all(ok.as_bytes()).await;
+        return;
+    }
     let mut sio = false;
     let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         sio = req.uri().path().starts_with("/socket.io/");
@@ -154,7 +168,7 @@ async fn serve(sock: tokio::net::TcpStream, conn: u64, rooms: Rooms, seen: Arc<S
             "joinRoom" => {
                 r.members.insert(conn, (sio, tx.clone()));
                 let msgs = r.history.join(",");
-                let last = r.history.len();
+                let last = r.log.len();
                 let h = format!(r#"{{"roomId":"{room}","lastSeq":{last},"messages":[{msgs}]}}"#);
                 let _ = tx.send(push(sio, "messageHistory", &h));
                 let _ = tx.send(ack(sio, id, &h));
@@ -168,11 +182,23 @@ async fn serve(sock: tokio::net::TcpStream, conn: u64, rooms: Rooms, seen: Arc<S
                     let _ = tx.send(ack_error(sio, id, "not_in_room"));
                     continue;
                 }
-                let seq = r.history.len() + 1;
+                let cmid = data["clientMsgId"].as_str().map(str::to_string);
+                if let Some(stored) = cmid.as_ref().and_then(|c| r.by_client_id.get(c)) {
+                    let _ = tx.send(ack(sio, id, stored));
+                    continue;
+                }
+                let seq = r.log.len() + 1;
                 let text = serde_json::to_string(&data["text"]).unwrap();
+                let cmid_field = cmid
+                    .as_ref()
+                    .map_or(String::new(), |c| format!(r#","clientMsgId":"{c}""#));
                 let msg = format!(
-                    r#"{{"id":"m{seq}","roomId":"{room}","seq":{seq},"userId":"u{conn}","username":"u","text":{text},"attachments":[],"timestamp":0}}"#
+                    r#"{{"id":"m{seq}","roomId":"{room}","seq":{seq},"userId":"u{conn}","username":"u","text":{text},"attachments":[],"timestamp":0{cmid_field}}}"#
                 );
+                if let Some(c) = cmid {
+                    r.by_client_id.insert(c, msg.clone());
+                }
+                r.log.push(msg.clone());
                 for (member_sio, m) in r.members.values() {
                     let _ = m.send(push(*member_sio, "newMessage", &msg));
                 }
@@ -182,6 +208,17 @@ async fn serve(sock: tokio::net::TcpStream, conn: u64, rooms: Rooms, seen: Arc<S
                 if keep > 0 {
                     r.history.drain(..keep);
                 }
+            }
+            "resume" => {
+                // Pages of at most 100 messages after `afterSeq`.
+                let after = data["afterSeq"].as_u64().unwrap_or(0) as usize;
+                let end = r.log.len().min(after + 100);
+                let page = r.log.get(after..end).unwrap_or_default().join(",");
+                let (last, complete) = (r.log.len(), end == r.log.len());
+                let d = format!(
+                    r#"{{"roomId":"{room}","messages":[{page}],"lastSeq":{last},"complete":{complete}}}"#
+                );
+                let _ = tx.send(ack(sio, id, &d));
             }
             _ => {}
         }
