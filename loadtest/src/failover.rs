@@ -203,7 +203,10 @@ fn validate(a: &Args) -> Result<()> {
         cli::check_phase(n, d)?;
     }
     let total = a.warmup + a.settle * 2 + a.kill_every * a.kills as u32;
-    cli::check_phase("the whole run (warmup + kills × kill-every + 2 × settle)", total)?;
+    cli::check_phase(
+        "the whole run (warmup + kills × kill-every + 2 × settle)",
+        total,
+    )?;
     Ok(())
 }
 
@@ -229,7 +232,10 @@ pub async fn run(a: Args) -> Result<()> {
     }
     let killable: Vec<usize> = (0..specs.len()).filter(|&i| specs[i].killable()).collect();
     if a.kills > 0 && killable.is_empty() {
-        bail!("--kills {} but no --node has a pidfile= and a start=", a.kills);
+        bail!(
+            "--kills {} but no --node has a pidfile= and a start=",
+            a.kills
+        );
     }
     if a.kills > 0 && specs.len() < 2 {
         bail!("a failover needs at least 2 nodes");
@@ -302,7 +308,14 @@ async fn measure(a: &Args, specs: Vec<NodeSpec>, killable: Vec<usize>) -> Result
     let t0 = Instant::now();
     let (stop, stopped) = watch::channel(false);
     let sender_tasks: Vec<_> = (0..senders as usize)
-        .map(|i| tokio::spawn(client::sender(ctx.clone(), i, senders as usize, stopped.clone())))
+        .map(|i| {
+            tokio::spawn(client::sender(
+                ctx.clone(),
+                i,
+                senders as usize,
+                stopped.clone(),
+            ))
+        })
         .collect();
 
     // 2. The schedule.
@@ -356,7 +369,9 @@ async fn measure(a: &Args, specs: Vec<NodeSpec>, killable: Vec<usize>) -> Result
             format!(
                 "{}: {}",
                 s.name,
-                s.fatal.clone().unwrap_or_else(|| "final catch-up not done".into())
+                s.fatal
+                    .clone()
+                    .unwrap_or_else(|| "final catch-up not done".into())
             )
         })
         .collect();
@@ -382,22 +397,28 @@ async fn measure(a: &Args, specs: Vec<NodeSpec>, killable: Vec<usize>) -> Result
         let Some(t) = k.t else { continue };
         let t = t.into_std();
         let ms = |at: std::time::Instant| at.duration_since(t).as_secs_f64() * 1e3;
-        k.first_ack_ms = acked.iter().filter(|x| x.at > t).map(|x| ms(x.at)).reduce(f64::min);
+        k.first_ack_ms = acked
+            .iter()
+            .filter(|x| x.at > t)
+            .map(|x| ms(x.at))
+            .reduce(f64::min);
         let mut per_sender = vec![None::<f64>; senders as usize];
         for x in acked.iter().filter(|x| x.at > t) {
             let v = per_sender[x.sender].get_or_insert(f64::MAX);
             *v = v.min(ms(x.at));
         }
-        k.all_senders_ms = per_sender
-            .iter()
-            .try_fold(0f64, |m, v| v.map(|v| m.max(v)));
+        k.all_senders_ms = per_sender.iter().try_fold(0f64, |m, v| v.map(|v| m.max(v)));
         k.first_ack_ms = k.first_ack_ms.map(round1);
         k.all_senders_ms = k.all_senders_ms.map(round1);
     }
     let max_of = |f: fn(&Kill) -> Option<f64>| kills.iter().filter_map(f).reduce(f64::max);
     let tool_cpu_us = sys::self_cpu_us() - me0;
     let errors = ctx.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let unexpected = ctx.unexpected.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let unexpected = ctx
+        .unexpected
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let rep = Report {
         scenario: "failover",
         rooms: a.rooms,
@@ -537,7 +558,11 @@ fn table(r: &Report) -> Table {
     ));
     t.section("nodes");
     for n in &r.nodes {
-        let how = if n.killable() { "killed and restarted" } else { "never killed" };
+        let how = if n.killable() {
+            "killed and restarted"
+        } else {
+            "never killed"
+        };
         t.row(&n.url, how);
     }
     t.section("kills");
@@ -566,7 +591,10 @@ fn table(r: &Report) -> Table {
     );
     t.latency("send → ack (retries included)", &r.ack_latency);
     let v = &r.verdict;
-    t.row("lost", format!("{} ({} reader copies)", v.lost, v.lost_copies));
+    t.row(
+        "lost",
+        format!("{} ({} reader copies)", v.lost, v.lost_copies),
+    );
     t.row("duplicated pushes", v.duplicate_pushes);
     t.row("out-of-order pushes", v.out_of_order_pushes);
     t.row("seq reused", v.seq_reused);
@@ -579,7 +607,10 @@ fn table(r: &Report) -> Table {
     t.row("pushed again after a reconnect", v.repushed_after_reconnect);
     t.section("recovery");
     t.row("max kill → first ack", opt_ms(r.max_recovery_ms));
-    t.row("max kill → every sender acked", opt_ms(r.max_all_senders_recovery_ms));
+    t.row(
+        "max kill → every sender acked",
+        opt_ms(r.max_all_senders_recovery_ms),
+    );
     t.row("resyncs", r.resyncs);
     t.row(
         "sessions",
@@ -588,7 +619,10 @@ fn table(r: &Report) -> Table {
             r.reader_sessions, r.readers_went_home, r.sender_sessions
         ),
     );
-    t.row("reader messages", format!("{} pushed, {} fetched", r.pushes, r.fetched));
+    t.row(
+        "reader messages",
+        format!("{} pushed, {} fetched", r.pushes, r.fetched),
+    );
     t.counts("errors", &r.errors);
     for (i, u) in r.unexpected.iter().take(10).enumerate() {
         t.row(&format!("unexpected {}", i + 1), u);

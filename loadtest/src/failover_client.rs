@@ -95,7 +95,10 @@ impl Ctx {
     }
 
     pub fn count(&self, key: &str) {
-        stats::bump(&mut self.errors.lock().unwrap_or_else(|p| p.into_inner()), key);
+        stats::bump(
+            &mut self.errors.lock().unwrap_or_else(|p| p.into_inner()),
+            key,
+        );
     }
 
     fn unexpected(&self, what: String) {
@@ -105,7 +108,11 @@ impl Ctx {
         }
     }
 
-    async fn open(&self, node: usize, token: &str) -> Result<(Conn, mpsc::UnboundedReceiver<Event>), ()> {
+    async fn open(
+        &self,
+        node: usize,
+        token: &str,
+    ) -> Result<(Conn, mpsc::UnboundedReceiver<Event>), ()> {
         let index = self.conn_index.fetch_add(1, Relaxed);
         Conn::open(&self.nodes[node].target, token, index, self.opts)
             .await
@@ -416,21 +423,26 @@ impl Session<'_> {
                     let session = self.session;
                     self.log_mut(&room, |l| l.push(session, seq, cmid));
                 }
-                _ => self.ctx.unexpected(format!("newMessage without a seq: {v}")),
+                _ => self
+                    .ctx
+                    .unexpected(format!("newMessage without a seq: {v}")),
             },
             Some("resync") => {
                 with(self.state, |s| s.resyncs += 1);
                 if with(self.state, |s| s.rooms.contains_key(&room)) {
                     return self.catch_up(&room).await;
                 }
-                self.ctx.unexpected(format!("resync of a room not joined: {v}"));
+                self.ctx
+                    .unexpected(format!("resync of a room not joined: {v}"));
             }
             Some("error") => self.ctx.count(&format!(
                 "pushed_error:{}",
                 data["code"].as_str().unwrap_or("unknown")
             )),
             Some(_) => {}
-            None => self.ctx.unexpected(format!("a frame that is not a push: {v}")),
+            None => self
+                .ctx
+                .unexpected(format!("a frame that is not a push: {v}")),
         }
         Ok(())
     }
@@ -473,8 +485,10 @@ pub async fn sender(ctx: Arc<Ctx>, index: usize, total: usize, mut stop: watch::
     let mut node = index % ctx.nodes.len();
     let mut session: Option<Conn> = None;
     // Spread the senders' schedules over one interval.
-    let mut next_at =
-        Instant::now() + ctx.send_interval.mul_f64(index as f64 / total.max(1) as f64);
+    let mut next_at = Instant::now()
+        + ctx
+            .send_interval
+            .mul_f64(index as f64 / total.max(1) as f64);
     let mut n = 0u64;
     loop {
         tokio::select! {
@@ -530,14 +544,17 @@ pub async fn sender(ctx: Arc<Ctx>, index: usize, total: usize, mut stop: watch::
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .saturating_record(lat.max(1));
-                            ctx.acks.lock().unwrap_or_else(|p| p.into_inner()).push(Acked {
-                                sender: index,
-                                room: room.clone(),
-                                seq,
-                                client_msg_id: cmid.clone(),
-                                attempts,
-                                at: Instant::now().into_std(),
-                            });
+                            ctx.acks
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(Acked {
+                                    sender: index,
+                                    room: room.clone(),
+                                    seq,
+                                    client_msg_id: cmid.clone(),
+                                    attempts,
+                                    at: Instant::now().into_std(),
+                                });
                         }
                         break;
                     }

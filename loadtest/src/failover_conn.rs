@@ -86,7 +86,12 @@ impl Conn {
     }
 
     /// Sends `{"event","data","id"}` and returns the ack frame (`{"ack":..,"data"|"error":..}`).
-    pub async fn request(&self, event: &str, data: Value, within: Duration) -> Result<Value, ReqError> {
+    pub async fn request(
+        &self,
+        event: &str,
+        data: Value,
+        within: Duration,
+    ) -> Result<Value, ReqError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {

@@ -314,7 +314,11 @@ mod tests {
 
     #[test]
     fn a_clean_run_has_no_violations() {
-        let acked = vec![ack(0, "r", 1, "a"), ack(1, "r", 2, "b"), ack(0, "r", 3, "c")];
+        let acked = vec![
+            ack(0, "r", 1, "a"),
+            ack(1, "r", 2, "b"),
+            ack(0, "r", 3, "c"),
+        ];
         let rooms: BTreeMap<String, RoomLog> =
             [("r".to_string(), log_of(&[(1, "a"), (2, "b"), (3, "c")]))].into();
         let v = verify(&acked, &[view("x", &rooms), view("y", &rooms)]);

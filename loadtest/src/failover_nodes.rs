@@ -86,10 +86,13 @@ pub fn parse_node(s: &str) -> Result<NodeSpec> {
 pub fn read_pid(pidfile: &std::path::Path) -> Result<i32> {
     let text = std::fs::read_to_string(pidfile)
         .with_context(|| format!("reading pidfile {}", pidfile.display()))?;
-    let pid: i32 = text
-        .trim()
-        .parse()
-        .with_context(|| format!("pidfile {}: {:?} is not a pid", pidfile.display(), text.trim()))?;
+    let pid: i32 = text.trim().parse().with_context(|| {
+        format!(
+            "pidfile {}: {:?} is not a pid",
+            pidfile.display(),
+            text.trim()
+        )
+    })?;
     if pid <= 1 {
         bail!("pidfile {}: refusing pid {pid}", pidfile.display());
     }
@@ -204,7 +207,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(n.url, "ws://127.0.0.2:3000/ws");
-        assert_eq!(n.pidfile.as_deref(), Some(std::path::Path::new("/tmp/n2.pid")));
+        assert_eq!(
+            n.pidfile.as_deref(),
+            Some(std::path::Path::new("/tmp/n2.pid"))
+        );
         assert_eq!(n.log.as_deref(), Some(std::path::Path::new("/tmp/n2.log")));
         assert_eq!(
             n.start.as_deref(),

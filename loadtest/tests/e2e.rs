@@ -174,7 +174,9 @@ fn failover_without_kills_sees_every_ack_once() {
 
     // Kills need a node with a pidfile and a start command.
     let out = Command::new(env!("CARGO_BIN_EXE_parley-loadtest"))
-        .args(["failover", "--node", &bare, "--node", &keyed, "--kills", "1"])
+        .args([
+            "failover", "--node", &bare, "--node", &keyed, "--kills", "1",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -110,7 +110,8 @@ async fn serve(mut sock: tokio::net::TcpStream, conn: u64, rooms: Rooms, seen: A
     let mut head = [0u8; 12];
     if matches!(sock.peek(&mut head).await, Ok(12)) && head.starts_with(b"GET /healthz") {
         use tokio::io::AsyncWriteExt;
-        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 15\r\nconnection: close\r\n\r\n{\"status\":\"ok\"}";
+        let ok =
+            "HTTP/1.1 200 OK\r\ncontent-length: 15\r\nconnection: close\r\n\r\n{\"status\":\"ok\"}";
         let _ = sock.write_all(ok.as_bytes()).await;
         return;
     }
