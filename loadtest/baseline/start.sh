@@ -6,7 +6,8 @@
 #                history in a private redis-server on 127.0.0.1:$REDIS_PORT (default 6390),
 #                started here and stopped when this script exits
 # Other settings pass through the environment: PUSH_LOOKUP=0/1, PARLEY_JWT_SECRET, ...
-# Prints "ready <pid>..." once every process answers /healthz; Ctrl-C or SIGTERM stops all.
+# Prints "redis <pid>" when it starts one, then "ready <pid>..." (the Node processes) once every
+# process answers /healthz; Ctrl-C or SIGTERM stops all.
 set -euo pipefail
 cd "$(dirname "$0")"
 N=${1:-1}
@@ -38,6 +39,7 @@ if [ "$use_redis" = 1 ]; then
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
     --dir "$redis_dir" --daemonize no --loglevel warning &
   pids+=($!)
+  echo "redis $!"
   for _ in $(seq 50); do
     redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
     sleep 0.1

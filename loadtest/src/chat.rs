@@ -65,6 +65,10 @@ pub struct Args {
     /// Write a PNG with latency over time and the latency histogram.
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
+    /// Process ids of the store behind the server (Redis, Cassandra; comma-separated): their
+    /// CPU over the window is reported apart from the server's.
+    #[arg(long, value_delimiter = ',')]
+    pub store_pids: Vec<u32>,
 }
 
 fn validate(a: &Args) -> Result<u64> {
@@ -114,6 +118,7 @@ pub async fn measure(a: &Args) -> Result<(Report, hdrhistogram::Histogram<u64>)>
     let conns = validate(a)?;
     let targets = net::parse_targets(&c.url)?;
     sys::check_pids(&c.pids)?;
+    sys::check_pids(&a.store_pids)?;
     let workers = a
         .workers
         .unwrap_or(conns.div_ceil(PER_WORKER))
@@ -179,6 +184,7 @@ pub async fn measure(a: &Args) -> Result<(Report, hdrhistogram::Histogram<u64>)>
     );
     tokio::time::sleep_until(instant_at(win_start)).await;
     let (srv0, me0) = (sys::cpu_sum_us(&c.pids)?, sys::self_cpu_us());
+    let store0 = sys::cpu_sum_us(&a.store_pids)?;
     let mut bar = Progress::new("measure", a.duration.as_secs().max(1));
     let mut prev = 0;
     loop {
@@ -196,6 +202,7 @@ pub async fn measure(a: &Args) -> Result<(Report, hdrhistogram::Histogram<u64>)>
     }
     bar.finish();
     let (srv1, me1) = (sys::cpu_sum_us(&c.pids)?, sys::self_cpu_us());
+    let store1 = sys::cpu_sum_us(&a.store_pids)?;
     let mut tally = Tally::default();
     let (mut e2e, mut ack, mut lag) = (stats::new_hist(), stats::new_hist(), stats::new_hist());
     let mut buckets = Vec::new();
@@ -215,6 +222,7 @@ pub async fn measure(a: &Args) -> Result<(Report, hdrhistogram::Histogram<u64>)>
 
     let secs = a.duration.as_secs_f64();
     let server_cpu = srv0.zip(srv1).map(|(a, b)| b.saturating_sub(a));
+    let store_cpu = store0.zip(store1).map(|(a, b)| b.saturating_sub(a));
     let delivered = tally.delivered as f64;
     let rep = Report {
         scenario: "chat",
@@ -258,6 +266,10 @@ pub async fn measure(a: &Args) -> Result<(Report, hdrhistogram::Histogram<u64>)>
         server_cpu_us: server_cpu,
         server_cores: server_cpu.map(|s| round3(s as f64 / 1e6 / secs)),
         server_cpu_us_per_delivery: server_cpu.and_then(|s| per(s as f64, delivered)),
+        store_pids: a.store_pids.clone(),
+        store_cpu_us: store_cpu,
+        store_cores: store_cpu.map(|s| round3(s as f64 / 1e6 / secs)),
+        store_cpu_us_per_delivery: store_cpu.and_then(|s| per(s as f64, delivered)),
         bucket_ms,
         latency_over_time: series::points(&buckets, bucket_ms),
     };

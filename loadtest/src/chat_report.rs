@@ -50,6 +50,11 @@ pub struct Report {
     pub server_cpu_us: Option<u64>,
     pub server_cores: Option<f64>,
     pub server_cpu_us_per_delivery: Option<f64>,
+    /// The store's processes (`--store-pids`), apart from the server's.
+    pub store_pids: Vec<u32>,
+    pub store_cpu_us: Option<u64>,
+    pub store_cores: Option<f64>,
+    pub store_cpu_us_per_delivery: Option<f64>,
     /// End-to-end latency by send time, per `bucket_ms`.
     pub bucket_ms: u64,
     pub latency_over_time: Vec<Point>,
@@ -131,6 +136,18 @@ pub fn table(r: &Report) -> Table {
             ),
         ),
         _ => t.row("server", "n/a (no --pids)"),
+    }
+    if let (Some(us), Some(cores)) = (r.store_cpu_us, r.store_cores) {
+        t.row(
+            "store",
+            format!(
+                "{} ({cores} cores) {} µs/delivery, pids {:?}",
+                fmt_us(us),
+                r.store_cpu_us_per_delivery
+                    .map_or("n/a".into(), |v| v.to_string()),
+                r.store_pids
+            ),
+        );
     }
     t
 }

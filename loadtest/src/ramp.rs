@@ -79,6 +79,7 @@ struct Step {
     p99_us: u64,
     p999_us: u64,
     tool_cpu_us_per_delivery: Option<f64>,
+    tool_cores: f64,
     server_cores: Option<f64>,
     server_cpu_us_per_delivery: Option<f64>,
 }
@@ -116,6 +117,7 @@ fn step_args(a: &Args, base: &str, i: u64, rate: f64) -> chat::Args {
         read_buffer: 16 * 1024,
         room_affinity: a.room_affinity,
         plot: None,
+        store_pids: Vec::new(),
     }
 }
 
@@ -158,6 +160,7 @@ pub async fn run(a: Args) -> Result<()> {
             p99_us: r.end_to_end.p99_us,
             p999_us: r.end_to_end.p999_us,
             tool_cpu_us_per_delivery: r.tool_cpu_us_per_delivery,
+            tool_cores: r.tool_cores,
             server_cores: r.server_cores,
             server_cpu_us_per_delivery: r.server_cpu_us_per_delivery,
         };
