@@ -123,7 +123,8 @@ mod tests {
                 "store_unavailable",
                 "room_unavailable",
                 "timeout",
-                "internal"
+                "internal",
+                "room_moved"
             ]
         );
     }
