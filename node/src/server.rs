@@ -254,8 +254,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     info!("room and user supervisors started");
     let cluster = match transport {
         Some(t) => {
-            let c = crate::cluster::Cluster::start(&cfg.node_name, &cfg.cluster, t, rooms.clone())
-                .await?;
+            let c = crate::cluster::Cluster::start(
+                &cfg.node_name,
+                &cfg.cluster,
+                t,
+                rooms.clone(),
+                cfg.test_hooks,
+            )
+            .await?;
             info!(listen = %c.listen, advertise = %c.advertise, peers = ?cfg.cluster.peers, "cluster listening");
             println!("parley cluster listening on {}", c.listen);
             Some(Arc::new(c))

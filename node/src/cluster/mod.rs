@@ -92,6 +92,7 @@ impl Cluster {
         settings: &ClusterSettings,
         transport: Arc<transport::ClusterTransport>,
         rooms: Arc<Rooms>,
+        test_hooks: bool,
     ) -> anyhow::Result<Cluster> {
         let listen_at = settings.listen.context("cluster.listen is not set")?;
         let cookie = settings
@@ -121,8 +122,14 @@ impl Cluster {
             Actor::spawn(Some(format!("parley-nodeserver@{node_name}")), server, ())
                 .await
                 .context("starting the cluster node server")?;
+        // Test hook: pretend to speak another protocol version (to test the refusal).
+        let protocol = test_hooks
+            .then(|| std::env::var("PARLEY_TEST_HELLO_PROTOCOL").ok())
+            .flatten()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(PROTOCOL_VERSION);
         let hello = Hello {
-            protocol: PROTOCOL_VERSION,
+            protocol,
             ring_hash: rooms::ring::RING_HASH.to_string(),
             virtual_nodes: rooms::ring::VIRTUAL_NODES,
             node: node_name.to_string(),

@@ -167,11 +167,17 @@ impl Cluster {
     /// Starts node `name` on `ip` with the cluster's store but only `args` for the cluster
     /// (no cookie, no peers of its own): for nodes that must find the cluster by other means,
     /// or must be refused by it.
-    pub async fn add_custom(&mut self, name: &str, ip: &str, args: &[String]) -> &ClusterNode {
+    pub async fn add_custom(
+        &mut self,
+        name: &str,
+        ip: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> &ClusterNode {
         let mut all: Vec<String> = args.to_vec();
         all.extend(HEARTBEAT.iter().chain(FAST).map(|s| s.to_string()));
         all.extend(self.keyspace.node_args());
-        let node = ClusterNode::start(name, ip, &all).await;
+        let node = ClusterNode::start_with_env(name, ip, &all, env).await;
         report!(
             "{}: node {name} up: cluster {}",
             self.test,

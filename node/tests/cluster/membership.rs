@@ -34,6 +34,7 @@ async fn a_node_with_another_cookie_is_never_admitted() {
                 "intruder",
                 "127.0.0.20",
                 &["--cluster-cookie".into(), wrong, "--peers".into(), seed],
+                &[],
             )
             .await;
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -46,6 +47,45 @@ async fn a_node_with_another_cookie_is_never_admitted() {
         }
         assert_eq!(ring(&cluster.view("intruder").await), ["intruder"]);
         report!("{TEST}: after 3 s of dialing, the intruder is in no view");
+    })
+    .await;
+}
+
+/// A node that speaks another protocol version (test hook) has the right cookie, so its link
+/// authenticates, but the handshake refuses it: it never enters a view, and the cluster's
+/// nodes say why in an error log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_protocol_version_is_refused() {
+    const TEST: &str = "a_node_of_another_protocol_version_is_refused";
+    bounded(TEST, Duration::from_secs(60), async {
+        let Some(mut cluster) = Cluster::start(TEST, &["a", "b"]).await else {
+            return;
+        };
+        let seed = cluster.node("a").cluster_addr.clone();
+        let cookie = cluster.cookie().to_string();
+        cluster
+            .add_custom(
+                "old",
+                "127.0.0.22",
+                &["--cluster-cookie".into(), cookie, "--peers".into(), seed],
+                &[("PARLEY_TEST_HELLO_PROTOCOL", "0")],
+            )
+            .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for n in ["a", "b"] {
+            assert_eq!(
+                ring(&cluster.view(n).await),
+                ["a", "b"],
+                "{n} admitted the old node"
+            );
+        }
+        assert_eq!(ring(&cluster.view("old").await), ["old"]);
+        let logs = cluster.node("a").stderr_tail() + &cluster.node("old").stderr_tail();
+        assert!(
+            logs.contains("refusing an incompatible node") && logs.contains("protocol version"),
+            "no refusal in the logs:\n{logs}"
+        );
+        report!("{TEST}: refused with a log line naming the protocol version");
     })
     .await;
 }
@@ -72,6 +112,7 @@ async fn dns_discovery_finds_the_cluster() {
                     "--peers".into(),
                     seeded,
                 ],
+                &[],
             )
             .await;
         cluster
@@ -95,6 +136,7 @@ async fn dns_discovery_finds_the_cluster() {
                     "--set".into(),
                     "cluster.discovery_interval=\"500ms\"".into(),
                 ],
+                &[],
             )
             .await;
         let took = cluster

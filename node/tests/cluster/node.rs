@@ -37,6 +37,16 @@ impl ClusterNode {
     /// Starts `parley` with the test secret, test hooks, `--node-name name`, both listeners on
     /// `ip` port 0, and `args`; returns once both addresses are printed.
     pub async fn start(name: &str, ip: &str, args: &[String]) -> ClusterNode {
+        Self::start_with_env(name, ip, args, &[]).await
+    }
+
+    /// [`ClusterNode::start`] with extra environment variables for the node.
+    pub async fn start_with_env(
+        name: &str,
+        ip: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> ClusterNode {
         let data = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_parley"));
         // The flags below are the whole configuration: no PARLEY_* of the caller leaks in.
@@ -61,6 +71,7 @@ impl ClusterNode {
                 "RUST_LOG",
                 std::env::var("PARLEY_CLUSTER_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
