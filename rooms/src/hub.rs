@@ -58,6 +58,18 @@ pub struct LocalMember {
     pub member: Member,
 }
 
+fn local_members(subs: &RoomSubs) -> Vec<LocalMember> {
+    subs.iter()
+        .map(|(s, sub)| LocalMember {
+            session: *s,
+            member: Member {
+                user_id: sub.user.clone(),
+                username: sub.username.to_string(),
+            },
+        })
+        .collect()
+}
+
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
 }
@@ -148,17 +160,7 @@ impl Hub {
     pub fn members_of(&self, room: &RoomId) -> Vec<LocalMember> {
         read(self.shard(room))
             .get(room)
-            .map(|subs| {
-                subs.iter()
-                    .map(|(s, sub)| LocalMember {
-                        session: *s,
-                        member: Member {
-                            user_id: sub.user.clone(),
-                            username: sub.username.to_string(),
-                        },
-                    })
-                    .collect()
-            })
+            .map(local_members)
             .unwrap_or_default()
     }
 
@@ -230,18 +232,7 @@ impl Hub {
         let mut out = Vec::new();
         for shard in &self.shards {
             for (room, subs) in read(shard).iter() {
-                out.push((
-                    room.clone(),
-                    subs.iter()
-                        .map(|(s, sub)| LocalMember {
-                            session: *s,
-                            member: Member {
-                                user_id: sub.user.clone(),
-                                username: sub.username.to_string(),
-                            },
-                        })
-                        .collect(),
-                ));
+                out.push((room.clone(), local_members(subs)));
             }
         }
         out
