@@ -143,7 +143,7 @@ impl Cluster {
                 N.fetch_add(1, Ordering::Relaxed),
                 test
             ),
-            keyspace: Keyspace::new(&target).await,
+            keyspace: Keyspace::new(&target, "parley_cluster_").await,
         })
     }
 

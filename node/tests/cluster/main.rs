@@ -46,6 +46,7 @@ mod proxy;
 mod reader;
 mod scenario;
 mod sender;
+#[path = "../e2e/cql_store.rs"]
 mod store;
 
 mod kill_owner;

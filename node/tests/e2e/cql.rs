@@ -15,13 +15,13 @@
 //! ```
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::cql_store::{cql_target, Keyspace};
 use crate::harness::*;
 
 const FAST: &[&str] = &[
@@ -30,109 +30,6 @@ const FAST: &[&str] = &[
     "--rate-limit-burst",
     "100000",
 ];
-
-/// The CQL server to test against, or `None` (after saying so) when `PARLEY_TEST_CQL` is not
-/// set. Panics under CI: there the CQL tests must run.
-fn cql_target(test: &str) -> Option<String> {
-    if let Ok(t) = std::env::var("PARLEY_TEST_CQL") {
-        if !t.trim().is_empty() {
-            return Some(t.trim().to_string());
-        }
-    }
-    let ci = std::env::var("CI").unwrap_or_default();
-    if !ci.is_empty() && ci != "0" && !ci.eq_ignore_ascii_case("false") {
-        panic!(
-            "{test}: CI is set but PARLEY_TEST_CQL is not, so this CQL test would test nothing \
-             (scripts/test-all starts Cassandra and sets it)"
-        );
-    }
-    // Straight to the process's stderr: libtest would capture `eprintln!` of a passing test.
-    let _ = writeln!(
-        std::io::stderr(),
-        "{test}: PARLEY_TEST_CQL is not set; NOT RUN (nothing was tested)"
-    );
-    None
-}
-
-fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// A fresh keyspace name, `parley_e2e_<unix time>_<pid>_<n>` (at most 48 characters).
-async fn keyspace(target: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    static CLEANED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    CLEANED.get_or_init(|| drop_old_keyspaces(target)).await;
-    format!(
-        "parley_e2e_{}_{}_{}",
-        unix_secs(),
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Drops `parley_e2e_<time>_...` keyspaces older than an hour. Best effort.
-async fn drop_old_keyspaces(target: &str) {
-    let nodes: Vec<&str> = target.split(',').map(str::trim).collect();
-    let Ok(session) = scylla::client::session_builder::SessionBuilder::new()
-        .known_nodes(&nodes)
-        .build()
-        .await
-    else {
-        return;
-    };
-    let Ok(res) = session
-        .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", &[])
-        .await
-    else {
-        return;
-    };
-    let Ok(rows) = res.into_rows_result() else {
-        return;
-    };
-    let Ok(names) = rows.rows::<(String,)>() else {
-        return;
-    };
-    let cutoff = unix_secs().saturating_sub(3600);
-    for (name,) in names.flatten() {
-        let born = name
-            .strip_prefix("parley_e2e_")
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|t| t.parse::<u64>().ok());
-        if matches!(born, Some(t) if t < cutoff) {
-            let _ = session
-                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), &[])
-                .await;
-        }
-    }
-}
-
-/// Flags for a node on the CQL store: its own keyspace, 8 messages per partition (so history
-/// crosses partitions), plus `extra`.
-fn scylla_args(target: &str, ks: &str, extra: &[&str]) -> Vec<String> {
-    let points: Vec<String> = target
-        .split(',')
-        .map(|p| format!("\"{}\"", p.trim()))
-        .collect();
-    let mut args: Vec<String> = [
-        "--history",
-        "scylla",
-        "--set",
-        &format!("scylla.contact_points=[{}]", points.join(",")),
-        "--set",
-        &format!("scylla.keyspace=\"{ks}\""),
-        "--set",
-        "scylla.bucket_bits=3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
 
 async fn start(args: &[String]) -> Node {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -192,8 +89,8 @@ async fn chat_history_and_receipts_survive_a_restart_on_cql() {
     let Some(target) = cql_target("chat_history_and_receipts_survive_a_restart_on_cql") else {
         return;
     };
-    let ks = keyspace(&target).await;
-    let mut node = start(&scylla_args(&target, &ks, FAST)).await;
+    let ks = Keyspace::new(&target, "parley_e2e_").await;
+    let mut node = start(&ks.node_args_with(FAST)).await;
     let (code, body) = http_get(&node.http("/readyz")).await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"scylla\""), "{body}");
@@ -277,9 +174,9 @@ async fn migrate_creates_the_schema_once() {
     let Some(target) = cql_target("migrate_creates_the_schema_once") else {
         return;
     };
-    let ks = keyspace(&target).await;
+    let ks = Keyspace::new(&target, "parley_e2e_").await;
     let mut args = vec!["migrate".to_string()];
-    args.extend(scylla_args(&target, &ks, &[]));
+    args.extend(ks.node_args());
     let first = parley(&args).await;
     let out = String::from_utf8_lossy(&first.stdout);
     assert!(
@@ -287,7 +184,7 @@ async fn migrate_creates_the_schema_once() {
         "{out}\n{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert!(out.contains(&format!("keyspace: {ks}")), "{out}");
+    assert!(out.contains(&format!("keyspace: {}", ks.name)), "{out}");
     assert!(out.contains("applied migrations: 1"), "{out}");
     assert!(out.contains("bucket_bits: 3"), "{out}");
     let second = parley(&args).await;
@@ -295,12 +192,7 @@ async fn migrate_creates_the_schema_once() {
     assert!(second.status.success(), "{out}");
     assert!(out.contains("applied migrations: none"), "{out}");
     // A node started without migrating accepts the migrated keyspace.
-    let node = start(&scylla_args(
-        &target,
-        &ks,
-        &["--set", "scylla.migrate_on_start=false"],
-    ))
-    .await;
+    let node = start(&ks.node_args_with(&["--set", "scylla.migrate_on_start=false"])).await;
     let mut a = Client::connect(&node, "a").await;
     a.join("r").await;
     assert_eq!(a.say("r", "hello").await["seq"], 1);
@@ -410,25 +302,25 @@ async fn fault_cassandra_stops_and_starts_under_traffic() {
     let Some(target) = cql_target("fault_cassandra_stops_and_starts_under_traffic") else {
         return;
     };
-    let ks = keyspace(&target).await;
-    let node = start(&scylla_args(
-        &target,
-        &ks,
-        &[
-            FAST,
+    let ks = Keyspace::new(&target, "parley_e2e_").await;
+    let node = start(
+        &ks.node_args_with(
             &[
-                "--set",
-                "scylla.request_timeout=\"1s\"",
-                "--set",
-                "scylla.retry.max_attempts=2",
-                "--set",
-                "scylla.breaker.failure_threshold=3",
-                "--set",
-                "scylla.breaker.cool_down=\"500ms\"",
-            ],
-        ]
-        .concat(),
-    ))
+                FAST,
+                &[
+                    "--set",
+                    "scylla.request_timeout=\"1s\"",
+                    "--set",
+                    "scylla.retry.max_attempts=2",
+                    "--set",
+                    "scylla.breaker.failure_threshold=3",
+                    "--set",
+                    "scylla.breaker.cool_down=\"500ms\"",
+                ],
+            ]
+            .concat(),
+        ),
+    )
     .await;
     let mut watcher = Client::connect(&node, "watcher").await;
     watcher.join("busy").await;

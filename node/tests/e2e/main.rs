@@ -5,6 +5,7 @@ mod harness;
 mod auth;
 mod chat;
 mod cql;
+mod cql_store;
 mod faults;
 mod limits;
 mod presence;

@@ -1,16 +1,15 @@
-//! The CQL history store a cluster runs on (a cluster requires it): the server named by
-//! `PARLEY_TEST_CQL`, one keyspace per test, dropped when the test ends, failed or not.
+//! The CQL history store of the tests that need one (`tests/e2e/cql.rs`, and every test of
+//! `tests/cluster/`, which includes this file): the server named by `PARLEY_TEST_CQL`, one
+//! keyspace per test, dropped when the test ends, failed or not.
 //!
-//! Same rule as `tests/e2e/cql.rs`: without `PARLEY_TEST_CQL` a test prints NOT RUN and
-//! returns, except under CI (`CI` set), where it fails. Keyspaces are named
-//! `parley_cluster_<unix time>_<pid>_<n>`; those older than an hour (left by a run that was
-//! killed) are dropped by the first test of a run.
+//! Without `PARLEY_TEST_CQL` a test prints NOT RUN and returns, except under CI (`CI` set),
+//! where it fails. Keyspaces are named `<prefix><unix time>_<pid>_<n>`; those of the same
+//! prefix older than an hour (left by a run that was killed) are dropped by the first test of a
+//! run.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-const PREFIX: &str = "parley_cluster_";
 
 /// The CQL server to test against, or `None` (after saying so) when `PARLEY_TEST_CQL` is not
 /// set. Panics under CI: there the cluster tests must run.
@@ -23,9 +22,8 @@ pub fn cql_target(test: &str) -> Option<String> {
     let ci = std::env::var("CI").unwrap_or_default();
     if !ci.is_empty() && ci != "0" && !ci.eq_ignore_ascii_case("false") {
         panic!(
-            "{test}: CI is set but PARLEY_TEST_CQL is not, so this cluster test would test \
-             nothing (a cluster needs the CQL store; scripts/test-all starts Cassandra and \
-             sets it)"
+            "{test}: CI is set but PARLEY_TEST_CQL is not, so this test would test nothing \
+             (it needs the CQL store; scripts/test-all starts Cassandra and sets it)"
         );
     }
     // Straight to the process's stderr: libtest would capture `eprintln!` of a passing test.
@@ -35,6 +33,9 @@ pub fn cql_target(test: &str) -> Option<String> {
     );
     None
 }
+
+/// The prefixes of test keyspaces: nothing else is ever dropped.
+const TEST_PREFIXES: [&str; 2] = ["parley_e2e_", "parley_cluster_"];
 
 fn unix_secs() -> u64 {
     SystemTime::now()
@@ -50,7 +51,12 @@ pub struct Keyspace {
 }
 
 impl Keyspace {
-    pub async fn new(target: &str) -> Keyspace {
+    /// A fresh keyspace named `<prefix><unix time>_<pid>_<n>` (`prefix` like `parley_e2e_`).
+    pub async fn new(target: &str, prefix: &'static str) -> Keyspace {
+        assert!(
+            TEST_PREFIXES.contains(&prefix),
+            "not a test prefix: {prefix}"
+        );
         static N: AtomicU64 = AtomicU64::new(0);
         static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
         SWEPT
@@ -59,7 +65,7 @@ impl Keyspace {
                 let _ = tokio::time::timeout(
                     Duration::from_secs(30),
                     drop_where(target, |n| {
-                        n.strip_prefix(PREFIX)
+                        n.strip_prefix(prefix)
                             .and_then(|rest| rest.split('_').next())
                             .and_then(|t| t.parse::<u64>().ok())
                             .is_some_and(|t| t < cutoff)
@@ -70,7 +76,7 @@ impl Keyspace {
             .await;
         Keyspace {
             name: format!(
-                "{PREFIX}{}_{}_{}",
+                "{prefix}{}_{}_{}",
                 unix_secs(),
                 std::process::id(),
                 N.fetch_add(1, Ordering::Relaxed)
@@ -82,12 +88,17 @@ impl Keyspace {
     /// The node flags for this keyspace on this server (as `tests/e2e/cql.rs`: 8 messages per
     /// partition, so that histories cross partitions).
     pub fn node_args(&self) -> Vec<String> {
+        self.node_args_with(&[])
+    }
+
+    /// [`Keyspace::node_args`] followed by `extra`.
+    pub fn node_args_with(&self, extra: &[&str]) -> Vec<String> {
         let points: Vec<String> = self
             .target
             .split(',')
             .map(|p| format!("\"{}\"", p.trim()))
             .collect();
-        vec![
+        let mut args: Vec<String> = vec![
             "--history".into(),
             "scylla".into(),
             "--set".into(),
@@ -96,7 +107,9 @@ impl Keyspace {
             format!("scylla.keyspace=\"{}\"", self.name),
             "--set".into(),
             "scylla.bucket_bits=3".into(),
-        ]
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
     }
 }
 
@@ -152,7 +165,7 @@ async fn drop_where(target: &str, pick: impl Fn(&str) -> bool) -> bool {
     };
     let mut ok = true;
     for (name,) in names.flatten() {
-        if name.starts_with(PREFIX) && pick(&name) {
+        if TEST_PREFIXES.iter().any(|p| name.starts_with(p)) && pick(&name) {
             ok &= session
                 .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), &[])
                 .await
@@ -195,7 +208,7 @@ mod tests {
         else {
             return;
         };
-        let ks = Keyspace::new(&target).await;
+        let ks = Keyspace::new(&target, "parley_e2e_").await;
         let name = ks.name.clone();
         assert!(name.len() <= 48, "{name}");
         {
