@@ -34,6 +34,10 @@ use super::host::{reply_with, Frame, HostMsg};
 use super::transport::ClusterTransport;
 use super::{net, HOSTS_GROUP, HOST_PREFIX, NODE_HOSTNAME};
 
+mod dialer;
+
+use dialer::{Target, DIAL_MIN};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PeerState {
@@ -129,13 +133,6 @@ struct Peer {
     hello_failures: u32,
 }
 
-struct Target {
-    next: Instant,
-    backoff: Duration,
-    dialing: bool,
-    remote: Option<String>,
-}
-
 struct SessionRec {
     actor: ActorRef<NodeSessionMessage>,
     peer_addr: String,
@@ -155,9 +152,6 @@ pub struct MembershipState {
 }
 
 pub struct Membership;
-
-const DIAL_MIN: Duration = Duration::from_millis(500);
-const DIAL_MAX: Duration = Duration::from_secs(10);
 
 fn call_frame(me: &str, request: Request) -> Option<Vec<u8>> {
     wire::encode_call(me, request).ok()
@@ -389,103 +383,6 @@ impl MembershipState {
                     .record(started.elapsed().as_secs_f64());
                 let _ = myself.cast(MembershipMsg::PingDone { node, result });
             });
-        }
-    }
-
-    fn dial_tick(&mut self, myself: &ActorRef<MembershipMsg>) {
-        let now = Instant::now();
-        // Links that never finished their handshake.
-        let stale = self.args.connect_timeout * 3;
-        for rec in self.sessions.values() {
-            if rec.name.is_none() && rec.opened.elapsed() > stale {
-                tracing::debug!(peer = %rec.peer_addr, "cluster link without handshake; closing");
-                rec.actor.kill();
-            }
-        }
-        let mut wanted: BTreeSet<String> = self.args.seeds.iter().cloned().collect();
-        wanted.extend(self.dns.iter().cloned());
-        if self.args.learn_peers {
-            wanted.extend(self.learned.iter().cloned());
-        }
-        wanted.remove(&self.args.hello.advertise);
-        let connected_addrs: BTreeSet<&str> = self
-            .sessions
-            .values()
-            .map(|r| r.peer_addr.as_str())
-            .collect();
-        let known_advertised: BTreeSet<&str> = self
-            .peers
-            .values()
-            .filter(|p| p.state != PeerState::Down)
-            .filter_map(|p| p.hello.as_ref().map(|h| h.advertise.as_str()))
-            .collect();
-        let mut to_dial = Vec::new();
-        for addr in wanted {
-            if known_advertised.contains(addr.as_str()) {
-                continue;
-            }
-            let t = self.targets.entry(addr.clone()).or_insert(Target {
-                next: now,
-                backoff: DIAL_MIN,
-                dialing: false,
-                remote: None,
-            });
-            if t.dialing || t.next > now {
-                continue;
-            }
-            if t.remote
-                .as_deref()
-                .is_some_and(|r| connected_addrs.contains(r))
-            {
-                continue;
-            }
-            t.dialing = true;
-            t.next = now + t.backoff;
-            t.backoff = (t.backoff * 2).min(DIAL_MAX);
-            to_dial.push(addr);
-        }
-        let ns = self.args.node_server.clone();
-        let timeout = self.args.connect_timeout;
-        for target in to_dial {
-            let (ns, myself) = (ns.clone(), myself.clone());
-            tokio::spawn(async move {
-                let result = net::dial(&ns, &target, timeout, timeout * 3).await;
-                let _ = myself.cast(MembershipMsg::DialDone { target, result });
-            });
-        }
-    }
-
-    fn status(&self) -> MembershipStatus {
-        let mut members = vec![MemberStatus {
-            name: self.me().to_string(),
-            addr: self.args.hello.advertise.clone(),
-            state: if self.leaving { "leaving" } else { "self" }.into(),
-        }];
-        for (n, p) in &self.peers {
-            members.push(MemberStatus {
-                name: n.clone(),
-                addr: p
-                    .hello
-                    .as_ref()
-                    .map(|h| h.advertise.clone())
-                    .unwrap_or_default(),
-                state: serde_json::to_value(p.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default(),
-            });
-        }
-        members.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut ring_members = if self.leaving {
-            Vec::new()
-        } else {
-            vec![self.me().to_string()]
-        };
-        ring_members.extend(self.ring.iter().cloned());
-        ring_members.sort();
-        MembershipStatus {
-            members,
-            ring_members,
         }
     }
 }
