@@ -223,6 +223,9 @@ pub enum Cast {
 pub struct CallFrame {
     pub from: String,
     pub request: Request,
+    /// The caller's W3C `traceparent`, so that the owner's spans join the client request's
+    /// trace (ractor_cluster carries no trace context of its own).
+    pub traceparent: Option<String>,
 }
 
 /// A one-way message with its sender.
@@ -232,10 +235,15 @@ pub struct CastFrame {
     pub cast: Cast,
 }
 
-pub fn encode_call(from: &str, request: Request) -> Result<Vec<u8>, CodecError> {
+pub fn encode_call(
+    from: &str,
+    request: Request,
+    traceparent: Option<String>,
+) -> Result<Vec<u8>, CodecError> {
     codec::encode(&CallFrame {
         from: from.to_string(),
         request,
+        traceparent,
     })
 }
 
@@ -278,6 +286,7 @@ mod tests {
         let room = RoomId::new("r").unwrap();
         let call = CallFrame {
             from: "a".into(),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             request: Request::Send {
                 session: SessionId(7),
                 member: member(),
@@ -289,7 +298,7 @@ mod tests {
                 },
             },
         };
-        let b = encode_call("a", call.request.clone()).unwrap();
+        let b = encode_call("a", call.request.clone(), call.traceparent.clone()).unwrap();
         assert_eq!(decode_call(&b).unwrap(), call);
 
         let p = Push::new(PushKind::NewMessage, Some(room.clone()), Some(3), &"x");
@@ -364,7 +373,7 @@ mod tests {
     /// longer talk to nodes of the previous one: add variants at the end, or bump a version.
     #[test]
     fn golden_bytes_v1() {
-        let ping = encode_call("a", Request::Ping).unwrap();
+        let ping = encode_call("a", Request::Ping, None).unwrap();
         assert_eq!(ping, GOLDEN_PING);
         assert_eq!(decode_call(GOLDEN_PING).unwrap().request, Request::Ping);
 
@@ -380,7 +389,7 @@ mod tests {
         assert_eq!(decode_response(GOLDEN_PONG).unwrap(), pong);
     }
 
-    const GOLDEN_PING: &[u8] = &[1, 1, b'a', 1];
+    const GOLDEN_PING: &[u8] = &[1, 1, b'a', 1, 0];
     const GOLDEN_LEAVE: &[u8] = &[1, 1, b'a', 0, 5, 1, b'r'];
     const GOLDEN_PONG: &[u8] = &[1, 1, 1];
 }

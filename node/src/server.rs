@@ -250,6 +250,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let store = open_store(&cfg).await?;
     let hub = Arc::new(Hub::default());
     let (view, transport) = crate::cluster::view(&cfg.node_name, &cfg.cluster);
+    if cfg.otlp_endpoint.is_some() {
+        view.set_traceparent(Arc::new(crate::telemetry::current_traceparent));
+    }
     let rooms = Rooms::start(rooms_config(&cfg), store.clone(), hub, view).await?;
     info!("room and user supervisors started");
     let cluster = match transport {

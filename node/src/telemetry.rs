@@ -6,6 +6,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
@@ -70,6 +71,32 @@ pub fn init(cfg: &Config) -> anyhow::Result<Telemetry> {
     }
     let _ = tracing_subscriber::registry().with(layers).try_init();
     Ok(Telemetry { provider })
+}
+
+/// The current span's W3C `traceparent`, for a call to another node; `None` when nothing is
+/// traced (no OTLP layer, or no span).
+pub fn current_traceparent() -> Option<String> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// The span in which a request from node `from` runs: a child of the caller's span when its
+/// `traceparent` came along, so one client request is one trace across nodes.
+pub fn remote_span(traceparent: Option<&str>, from: &str) -> tracing::Span {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!("cluster_request", peer = %from);
+    if let Some(tp) = traceparent {
+        let carrier =
+            std::collections::HashMap::from([("traceparent".to_string(), tp.to_string())]);
+        let parent = TraceContextPropagator::new().extract(&carrier);
+        let _ = span.set_parent(parent);
+    }
+    span
 }
 
 const LATENCY_MS: &[f64] = &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];

@@ -83,7 +83,12 @@ pub struct ClusterView {
     pub counters: Counters,
     /// Interned peer names (rooms keep `Arc<str>` per remote session).
     names: RwLock<HashMap<String, Arc<str>>>,
+    /// Gives the current span's W3C `traceparent` (set by the node when it traces).
+    traceparent: RwLock<Option<TraceparentFn>>,
 }
+
+/// See [`ClusterView::set_traceparent`].
+pub type TraceparentFn = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 fn moved(what: &str, owner: &str) -> ApiError {
     ApiError::new(
@@ -100,7 +105,13 @@ impl ClusterView {
             transport,
             counters: Counters::default(),
             names: RwLock::new(HashMap::new()),
+            traceparent: RwLock::new(None),
         })
+    }
+
+    /// Installs the function that names the current trace context for calls to other nodes.
+    pub fn set_traceparent(&self, f: TraceparentFn) {
+        *self.traceparent.write().unwrap_or_else(|p| p.into_inner()) = Some(f);
     }
 
     /// A node alone.
@@ -220,7 +231,13 @@ impl ClusterView {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, ApiError> {
-        let frame = wire::encode_call(&self.local, request)
+        let traceparent = self
+            .traceparent
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|f| f());
+        let frame = wire::encode_call(&self.local, request, traceparent)
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         let started = Instant::now();
         self.counters

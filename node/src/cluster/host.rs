@@ -16,6 +16,7 @@ use cluster_proto::wire::{self, Cast, Request, Response};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use rooms::Rooms;
+use tracing::Instrument;
 
 use super::membership::MembershipMsg;
 
@@ -111,10 +112,14 @@ impl Actor for Host {
                     }
                     request => {
                         let rooms = state.rooms.clone();
-                        tokio::spawn(async move {
-                            let r = rooms.handle_call(&f.from, request).await;
-                            answer(reply, &r);
-                        });
+                        let span = crate::telemetry::remote_span(f.traceparent.as_deref(), &f.from);
+                        tokio::spawn(
+                            async move {
+                                let r = rooms.handle_call(&f.from, request).await;
+                                answer(reply, &r);
+                            }
+                            .instrument(span),
+                        );
                     }
                 },
                 Err(e) => {

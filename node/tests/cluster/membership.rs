@@ -170,3 +170,86 @@ async fn presence_of_a_user_spread_over_nodes() {
     })
     .await;
 }
+
+/// Trace ids in OTLP/protobuf export bodies: `Span.trace_id` is field 1, 16 bytes (tag 0x0a,
+/// length 0x10). Other fields can look alike, which only adds candidates.
+fn trace_ids(body: &[u8]) -> std::collections::HashSet<[u8; 16]> {
+    body.windows(18)
+        .filter(|w| w[0] == 0x0a && w[1] == 0x10)
+        .filter_map(|w| <[u8; 16]>::try_from(&w[2..18]).ok())
+        .collect()
+}
+
+/// With OTLP export on, a client request on A for a room owned by B is one trace: B's spans
+/// (`cluster_request` and the room handler under it) carry the trace id of A's `request` span,
+/// propagated as a W3C `traceparent` in the call frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_one_trace_across_nodes() {
+    const TEST: &str = "a_request_is_one_trace_across_nodes";
+    bounded(TEST, Duration::from_secs(60), async {
+        let Some(mut cluster) = Cluster::start(TEST, &[]).await else {
+            return;
+        };
+        let (sink_a, mut got_a) = crate::harness::otlp_sink().await;
+        let (sink_b, mut got_b) = crate::harness::otlp_sink().await;
+        let cookie = cluster.cookie().to_string();
+        let otlp = |addr: &str| format!("otlp_endpoint=\"http://{addr}/v1/traces\"");
+        let a_args = [
+            "--cluster-cookie".into(),
+            cookie.clone(),
+            "--set".into(),
+            otlp(&sink_a),
+        ];
+        cluster.add_custom("a", "127.0.0.23", &a_args, &[]).await;
+        let seed = cluster.node("a").cluster_addr.clone();
+        let b_args = [
+            "--cluster-cookie".into(),
+            cookie,
+            "--peers".into(),
+            seed,
+            "--set".into(),
+            otlp(&sink_b),
+        ];
+        cluster.add_custom("b", "127.0.0.24", &b_args, &[]).await;
+        cluster.converge(&["a", "b"], Duration::from_secs(20)).await;
+        let room = cluster.room_owned_by("b", "traced", &["a", "b"]).await;
+        let mut client = cluster.client("a", "tracer").await;
+        client.join(&room).await;
+        client.say(&room, "one trace").await;
+        drop(client);
+        // SIGTERM flushes each node's batch exporter.
+        for n in ["a", "b"] {
+            cluster.sigterm(n);
+            cluster.wait_exit(n, Duration::from_secs(20)).await;
+        }
+        let drain = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>| {
+            let mut all = Vec::new();
+            while let Ok((_, body)) = rx.try_recv() {
+                all.extend(body);
+            }
+            all
+        };
+        let (a, b) = (drain(&mut got_a), drain(&mut got_b));
+        let has = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            has(&a, b"request"),
+            "A exported no request span ({} bytes)",
+            a.len()
+        );
+        assert!(
+            has(&b, b"cluster_request"),
+            "B exported no cluster_request span ({} bytes)",
+            b.len()
+        );
+        let shared: Vec<_> = trace_ids(&a)
+            .intersection(&trace_ids(&b))
+            .copied()
+            .collect();
+        assert!(!shared.is_empty(), "A's and B's spans share no trace id");
+        report!(
+            "{TEST}: {} trace id(s) shared by A's and B's exports",
+            shared.len()
+        );
+    })
+    .await;
+}

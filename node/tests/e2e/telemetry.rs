@@ -3,66 +3,12 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-
 use crate::harness::*;
-
-/// Accepts HTTP/1.1 requests and forwards (request line, body) of each.
-async fn sink() -> (String, mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let Ok(n) = s.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if buf.len() < end + 4 + len {
-                        continue;
-                    }
-                    let body = buf[end + 4..end + 4 + len].to_vec();
-                    let line = head.lines().next().unwrap_or("").to_string();
-                    let _ = tx.send((line, body));
-                    let _ = s
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                        )
-                        .await;
-                    return;
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn request_spans_are_exported_over_otlp() {
-    let (addr, mut received) = sink().await;
+    let (addr, mut received) = otlp_sink().await;
     let endpoint = format!("otlp_endpoint=\"http://{addr}/v1/traces\"");
     let mut node = Node::start(&["--set", &endpoint]).await;
     let mut a = Client::connect(&node, "a").await;

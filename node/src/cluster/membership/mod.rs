@@ -154,7 +154,7 @@ pub struct MembershipState {
 pub struct Membership;
 
 fn call_frame(me: &str, request: Request) -> Option<Vec<u8>> {
-    wire::encode_call(me, request).ok()
+    wire::encode_call(me, request, None).ok()
 }
 
 /// Calls a peer's host and decodes the answer.
