@@ -206,13 +206,14 @@ pub fn error_code(ack: &Value) -> Option<String> {
 }
 
 /// Errors after which the same request may be sent again (docs/protocol.md: the server's
-/// failures, and the two "back off" answers).
+/// failures, the cluster's `room_moved`, and the two "back off" answers).
 pub fn retryable(code: &str) -> bool {
     matches!(
         code,
         "timeout"
             | "room_unavailable"
             | "store_unavailable"
+            | "room_moved"
             | "internal"
             | "overloaded"
             | "rate_limited"
