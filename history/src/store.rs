@@ -164,6 +164,20 @@ impl Future for WriteTicket {
     }
 }
 
+/// Sends a job built around a reply channel into a store's queue and waits for its answer;
+/// a closed queue or a dropped reply reads as [`StoreError::Closed`].
+pub(crate) async fn ask<J, T>(
+    queue: &tokio::sync::mpsc::Sender<J>,
+    job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> J,
+) -> Result<T, StoreError> {
+    let (reply, rx) = oneshot::channel();
+    queue
+        .send(job(reply))
+        .await
+        .map_err(|_| StoreError::Closed)?;
+    rx.await.map_err(|_| StoreError::Closed)?
+}
+
 /// A message-history store. Reads return messages in ascending `seq` order.
 #[async_trait]
 pub trait HistoryStore: Send + Sync + 'static {

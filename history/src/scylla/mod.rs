@@ -206,30 +206,22 @@ impl HistoryStore for ScyllaStore {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
-        let (reply, rx) = oneshot::channel();
-        self.queue
-            .send(Job::Claim {
-                room: room.clone(),
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        crate::store::ask(&self.queue, |reply| Job::Claim {
+            room: room.clone(),
+            reply,
+        })
+        .await
     }
 
     async fn room_meta(&self, room: &RoomId) -> Result<RoomMeta, StoreError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
-        let (reply, rx) = oneshot::channel();
-        self.queue
-            .send(Job::Meta {
-                room: room.clone(),
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        crate::store::ask(&self.queue, |reply| Job::Meta {
+            room: room.clone(),
+            reply,
+        })
+        .await
     }
 
     async fn latest(&self, room: &RoomId, limit: usize) -> Result<Vec<ChatMessage>, StoreError> {
