@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::reader::Reader;
-use crate::scenario::{bounded, probe, probe_pushed, settled, verify};
+use crate::scenario::{bounded, verify, wind_down};
 use crate::sender::{all_acked, check_senders, Sender, SenderConfig};
 
 const TEST: &str = "kill_owner_under_traffic";
@@ -65,21 +65,15 @@ async fn kill_owner_under_traffic() {
         for n in ["a", "c"] {
             report!("{TEST}: counters of {n}: {}", cluster.counters(n).await);
         }
-        let p = probe(&cluster.node("a").addr, "prober", &room).await;
-        probe_pushed(&[&readers[0], &readers[1]], &p, Duration::from_secs(20)).await;
-        let mut acked = all_acked(std::slice::from_ref(&log));
-        acked.push(p);
-        settled(
+        let (states, acked) = wind_down(
             TEST,
-            &[&readers[0], &readers[1]],
-            &acked,
-            Duration::from_secs(20),
+            &cluster.node("a").addr,
+            std::slice::from_ref(&room),
+            readers.into(),
+            all_acked(std::slice::from_ref(&log)),
+            Duration::from_secs(60),
         )
         .await;
-        let mut states = Vec::new();
-        for r in readers {
-            states.push(r.finish(Duration::from_secs(60)).await);
-        }
         let more = check_senders(std::slice::from_ref(&log), false);
         verify(TEST, &states, std::slice::from_ref(&log), &acked, more);
     })

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::reader::Reader;
-use crate::scenario::{bounded, probe, probe_pushed, settled, verify};
+use crate::scenario::{bounded, verify, wind_down};
 use crate::sender::{all_acked, check_senders, Sender, SenderConfig};
 
 const TEST: &str = "node_joins_under_traffic";
@@ -130,23 +130,15 @@ async fn node_joins_under_traffic() {
             report!("{TEST}: counters of {n}: {}", cluster.counters(n).await);
         }
 
-        let mut acked = all_acked(&logs);
-        for room in &rooms {
-            let p = probe(&cluster.node("d").addr, "prober", room).await;
-            probe_pushed(&[&readers[0], &readers[1]], &p, Duration::from_secs(20)).await;
-            acked.push(p);
-        }
-        settled(
+        let (states, acked) = wind_down(
             TEST,
-            &[&readers[0], &readers[1]],
-            &acked,
-            Duration::from_secs(20),
+            &cluster.node("d").addr,
+            &rooms,
+            readers.into(),
+            all_acked(&logs),
+            Duration::from_secs(60),
         )
         .await;
-        let mut states = Vec::new();
-        for r in readers {
-            states.push(r.finish(Duration::from_secs(60)).await);
-        }
         more.extend(check_senders(&logs, false));
         verify(TEST, &states, &logs, &acked, more);
     })

@@ -87,6 +87,36 @@ pub async fn settled(test: &str, readers: &[&Reader], acked: &[Acked], within: D
     );
 }
 
+/// The end of a scenario under traffic: a probe into each of `rooms` from `node` must reach
+/// every reader that is a member as a push ([`probe_pushed`]), every reader must be gap-free
+/// before its final resume ([`settled`]), then the readers finish. Returns their states and
+/// `acked` with the probes added.
+pub async fn wind_down(
+    test: &str,
+    node: &str,
+    rooms: &[String],
+    readers: Vec<Reader>,
+    mut acked: Vec<Acked>,
+    finish_within: Duration,
+) -> (Vec<ReaderState>, Vec<Acked>) {
+    for room in rooms {
+        let p = probe(node, "prober", room).await;
+        let members: Vec<&Reader> = readers
+            .iter()
+            .filter(|r| r.snapshot().rooms.contains_key(room))
+            .collect();
+        probe_pushed(&members, &p, Duration::from_secs(20)).await;
+        acked.push(p);
+    }
+    let all: Vec<&Reader> = readers.iter().collect();
+    settled(test, &all, &acked, Duration::from_secs(20)).await;
+    let mut states = Vec::new();
+    for r in readers {
+        states.push(r.finish(finish_within).await);
+    }
+    (states, acked)
+}
+
 /// Every message of `room`, by `resume` pages from seq 0, on a fresh session on `node`
 /// (retrying the server's failures for at most `within`).
 pub async fn full_history(node: &str, room: &str, within: Duration) -> Vec<Msg> {

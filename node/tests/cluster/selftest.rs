@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::harness::{http_request, Node};
 use crate::reader::Reader;
-use crate::scenario::{probe, probe_pushed, settled, verify};
+use crate::scenario::{verify, wind_down};
 use crate::sender::{all_acked, check_senders, Sender, SenderConfig};
 
 const TEST: &str = "harness_on_one_node_through_a_room_crash_and_a_restart";
@@ -58,23 +58,15 @@ async fn harness_on_one_node_through_a_room_crash_and_a_restart() {
         sender.wait_acked(150, Duration::from_secs(30)).await;
         let log = sender.stop(Duration::from_secs(30)).await;
 
-        let mut acked = all_acked(std::slice::from_ref(&log));
-        for room in &rooms {
-            let p = probe(&node.addr, "prober", room).await;
-            probe_pushed(&[&readers[0], &readers[1]], &p, Duration::from_secs(10)).await;
-            acked.push(p);
-        }
-        settled(
+        let (states, acked) = wind_down(
             TEST,
-            &[&readers[0], &readers[1]],
-            &acked,
-            Duration::from_secs(20),
+            &node.addr,
+            &rooms,
+            readers.into(),
+            all_acked(std::slice::from_ref(&log)),
+            Duration::from_secs(30),
         )
         .await;
-        let mut states = Vec::new();
-        for r in readers {
-            states.push(r.finish(Duration::from_secs(30)).await);
-        }
         let mut more = check_senders(std::slice::from_ref(&log), false);
         for s in &states {
             if s.closes != [(node.addr.clone(), Some(1001))] {

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::reader::Reader;
-use crate::scenario::{bounded, probe, probe_pushed, settled, verify};
+use crate::scenario::{bounded, verify, wind_down};
 use crate::sender::{all_acked, check_senders, Sender, SenderConfig};
 
 const TEST: &str = "sigterm_drains";
@@ -90,29 +90,17 @@ async fn sigterm_drains() {
         for n in ["a", "b"] {
             report!("{TEST}: counters of {n}: {}", cluster.counters(n).await);
         }
-        let mut acked = all_acked(&logs);
-        for room in &rooms {
-            let p = probe(&a, "prober", room).await;
-            let members: Vec<&Reader> = readers
-                .iter()
-                .filter(|r| r.snapshot().rooms.contains_key(room))
-                .collect();
-            probe_pushed(&members, &p, Duration::from_secs(20)).await;
-            acked.push(p);
-        }
         let c = cluster.node("c").addr.clone();
         let mut more = check_senders(&logs, false);
-        settled(
+        let (states, acked) = wind_down(
             TEST,
-            &readers.iter().collect::<Vec<_>>(),
-            &acked,
-            Duration::from_secs(20),
+            &a,
+            &rooms,
+            readers.into(),
+            all_acked(&logs),
+            Duration::from_secs(60),
         )
         .await;
-        let mut states = Vec::new();
-        for r in readers {
-            states.push(r.finish(Duration::from_secs(60)).await);
-        }
         let closes_on_c = states[..2]
             .iter()
             .map(|s| (s.user.clone(), s.closes.clone()))
