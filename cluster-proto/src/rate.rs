@@ -1,7 +1,10 @@
 //! A token bucket, shared by all sessions of one user on a node.
 //!
-//! The user's actor creates it and hands it to every session of the user, so the limit is per
-//! user, not per connection, and checking it costs one uncontended lock, not a message hop.
+//! The node hands the same bucket to every session of the user, so the limit is per user, not
+//! per connection, and checking it costs one uncontended lock, not a message hop. In a cluster
+//! the user's actor tells each node how many nodes hold sessions of the user, and each node's
+//! bucket runs at that share of the rate and burst ([`TokenBucket::set_share`]), so the user's
+//! total stays at the configured limit.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -11,7 +14,8 @@ use std::time::Instant;
 pub struct TokenBucket {
     rate: f64,
     burst: f64,
-    state: Mutex<(f64, Instant)>,
+    /// (tokens, last refill, share divisor).
+    state: Mutex<(f64, Instant, f64)>,
 }
 
 impl TokenBucket {
@@ -20,8 +24,20 @@ impl TokenBucket {
         Self {
             rate: rate_per_sec.max(0.0),
             burst,
-            state: Mutex::new((burst, Instant::now())),
+            state: Mutex::new((burst, Instant::now(), 1.0)),
         }
+    }
+
+    /// Runs the bucket at `1 / nodes` of its rate and burst (`nodes` ≥ 1): the user has
+    /// sessions on that many nodes, each with a bucket of its own.
+    pub fn set_share(&self, nodes: u32) {
+        let div = f64::from(nodes.max(1));
+        let mut st = match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        st.2 = div;
+        st.0 = st.0.min((self.burst / div).max(1.0));
     }
 
     /// Takes one token if there is one.
@@ -34,14 +50,16 @@ impl TokenBucket {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let (tokens, last) = *st;
-        let refilled = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate)
-            .min(self.burst);
+        let (tokens, last, div) = *st;
+        let burst = (self.burst / div).max(1.0);
+        let refilled = (tokens
+            + now.saturating_duration_since(last).as_secs_f64() * self.rate / div)
+            .min(burst);
         if refilled >= 1.0 {
-            *st = (refilled - 1.0, now);
+            *st = (refilled - 1.0, now, div);
             true
         } else {
-            *st = (refilled, now);
+            *st = (refilled, now, div);
             false
         }
     }
@@ -66,5 +84,19 @@ mod tests {
         // Never more than the burst, however long the pause.
         let later = t0 + Duration::from_secs(100);
         assert_eq!((0..10).filter(|_| b.try_acquire_at(later)).count(), 3);
+    }
+
+    #[test]
+    fn a_share_divides_rate_and_burst() {
+        let b = TokenBucket::new(10.0, 6.0);
+        b.set_share(2);
+        let t0 = Instant::now();
+        assert_eq!((0..10).filter(|_| b.try_acquire_at(t0)).count(), 3);
+        // 5/s now: one token after 200 ms, not after 150.
+        assert!(!b.try_acquire_at(t0 + Duration::from_millis(150)));
+        assert!(b.try_acquire_at(t0 + Duration::from_millis(201)));
+        b.set_share(1);
+        let later = t0 + Duration::from_secs(100);
+        assert_eq!((0..10).filter(|_| b.try_acquire_at(later)).count(), 6);
     }
 }

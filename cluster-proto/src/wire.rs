@@ -216,6 +216,9 @@ pub enum Cast {
     Leaving,
     /// From a room's owner whose room actor restarted: register your members of `room` again.
     Reregister { room: RoomId },
+    /// From a user's owner: the user has sessions on `nodes` nodes; run its bucket at that
+    /// share of the limit.
+    UserShare { user: UserId, nodes: u32 },
 }
 
 /// A request with its sender.

@@ -203,6 +203,7 @@ impl Rooms {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&room);
             }
+            Cast::UserShare { user, nodes } => self.buckets.set_share(&user, nodes),
             Cast::Leaving => {
                 // Handled by the cluster layer (it changes the membership).
                 tracing::debug!(%from, "leaving frame reached the room layer");

@@ -5,10 +5,11 @@
 //! each node registers its sessions of the user here when they open, again when the user's
 //! owner changes, and the owner drops a node's sessions when that node leaves the cluster.
 //!
-//! The rate limit is not here: a token bucket per user *per node* is checked by the node's
-//! sessions with a local lock (see `Rooms::connect`), so the limit costs no message on the hot
-//! path. A user with sessions on k nodes can therefore send k × the rate; documented in
-//! `docs/consistency.md`.
+//! The rate limit is checked where the sessions are: a token bucket per user per node
+//! ([`Buckets`]), behind a local lock, so the limit costs no message on the hot path. This actor
+//! keeps the user's total at the configured limit: whenever the set of nodes holding the user's
+//! sessions changes, it tells each of them the number of nodes (`UserShare`), and each node's
+//! bucket runs at that share of the rate and burst.
 //!
 //! Started by the user supervisor on the user's first connection; stops after
 //! [`UserConfig::idle_timeout`] without sessions.
@@ -16,7 +17,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use cluster_proto::rate::TokenBucket;
+use cluster_proto::wire::Cast;
 use cluster_proto::{SessionId, UserId};
+
+use crate::cluster::ClusterView;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 #[derive(Debug, Clone)]
@@ -63,16 +71,98 @@ pub struct User;
 pub struct UserArgs {
     pub user: UserId,
     pub cfg: UserConfig,
+    pub cluster: Arc<ClusterView>,
+    pub buckets: Arc<Buckets>,
+}
+
+/// This node's token buckets, one per user with sessions here, with their session count.
+pub struct Buckets {
+    rate_per_sec: f64,
+    burst: f64,
+    map: Mutex<HashMap<UserId, (Arc<TokenBucket>, usize)>>,
+}
+
+impl Buckets {
+    pub fn new(rate_per_sec: f64, burst: f64) -> Self {
+        Self {
+            rate_per_sec,
+            burst,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, (Arc<TokenBucket>, usize)>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The user's bucket for one more session here.
+    pub fn acquire(&self, user: &UserId) -> Arc<TokenBucket> {
+        let mut map = self.map();
+        let e = map
+            .entry(user.clone())
+            .or_insert_with(|| (Arc::new(TokenBucket::new(self.rate_per_sec, self.burst)), 0));
+        e.1 += 1;
+        e.0.clone()
+    }
+
+    /// One session of the user here ended; true if it was the last.
+    pub fn release(&self, user: &UserId) -> bool {
+        let mut map = self.map();
+        let Some(e) = map.get_mut(user) else {
+            return true;
+        };
+        e.1 = e.1.saturating_sub(1);
+        if e.1 == 0 {
+            map.remove(user);
+            return true;
+        }
+        false
+    }
+
+    /// The user has sessions on `nodes` nodes: run its bucket here at that share.
+    pub fn set_share(&self, user: &UserId, nodes: u32) {
+        if let Some((b, _)) = self.map().get(user) {
+            b.set_share(nodes);
+        }
+    }
 }
 
 pub struct UserState {
     user: UserId,
     cfg: UserConfig,
+    cluster: Arc<ClusterView>,
+    buckets: Arc<Buckets>,
     sessions: Vec<(SessionId, Option<Arc<str>>)>,
+    /// The nodes last told their share (`None`: this node).
+    shared_with: BTreeSet<Option<Arc<str>>>,
     idle_gen: u64,
 }
 
 impl UserState {
+    /// Tells every node with sessions of the user how many such nodes there are, when that set
+    /// changed.
+    fn share_limit(&mut self) {
+        let nodes: BTreeSet<Option<Arc<str>>> =
+            self.sessions.iter().map(|(_, n)| n.clone()).collect();
+        if nodes == self.shared_with {
+            return;
+        }
+        let k = nodes.len().max(1) as u32;
+        for n in &nodes {
+            match n {
+                None => self.buckets.set_share(&self.user, k),
+                Some(node) => self.cluster.cast(
+                    node,
+                    Cast::UserShare {
+                        user: self.user.clone(),
+                        nodes: k,
+                    },
+                ),
+            }
+        }
+        self.shared_with = nodes;
+    }
+
     fn schedule_idle_check(&mut self, myself: &ActorRef<UserMsg>) {
         if !self.sessions.is_empty() {
             return;
@@ -96,7 +186,10 @@ impl Actor for User {
         Ok(UserState {
             user: args.user,
             cfg: args.cfg,
+            cluster: args.cluster,
+            buckets: args.buckets,
             sessions: Vec::new(),
+            shared_with: BTreeSet::new(),
             idle_gen: 0,
         })
     }
@@ -129,13 +222,16 @@ impl Actor for User {
                 }
                 state.idle_gen += 1;
                 let _ = reply.send(());
+                state.share_limit();
             }
             UserMsg::Disconnect { session } => {
                 state.sessions.retain(|(s, _)| *s != session);
+                state.share_limit();
                 state.schedule_idle_check(&myself);
             }
             UserMsg::NodeDown(node) => {
                 state.sessions.retain(|(_, n)| n.as_deref() != Some(&*node));
+                state.share_limit();
                 state.schedule_idle_check(&myself);
             }
             UserMsg::Sessions(reply) => {

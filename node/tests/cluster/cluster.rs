@@ -175,7 +175,11 @@ impl Cluster {
         env: &[(&str, &str)],
     ) -> &ClusterNode {
         let mut all: Vec<String> = args.to_vec();
-        all.extend(HEARTBEAT.iter().chain(FAST).map(|s| s.to_string()));
+        all.extend(HEARTBEAT.iter().map(|s| s.to_string()));
+        // The test's own rate limit, if it sets one; none otherwise.
+        if !args.iter().any(|a| a.starts_with("--rate-limit")) {
+            all.extend(FAST.iter().map(|s| s.to_string()));
+        }
         all.extend(self.keyspace.node_args());
         let node = ClusterNode::start_with_env(name, ip, &all, env).await;
         report!(

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::cluster::Cluster;
 use crate::scenario::bounded;
@@ -250,6 +250,71 @@ async fn a_request_is_one_trace_across_nodes() {
             "{TEST}: {} trace id(s) shared by A's and B's exports",
             shared.len()
         );
+    })
+    .await;
+}
+
+/// A user's rate limit holds across nodes: with a session on A and one on B (limit 1/s, burst
+/// 10), the user's owner tells both nodes that the user is on two, each node's bucket runs at
+/// half, and a burst of sends from both sessions gets about 10 acknowledged in total, not 20.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_rate_limit_is_shared_by_its_nodes() {
+    const TEST: &str = "a_users_rate_limit_is_shared_by_its_nodes";
+    bounded(TEST, Duration::from_secs(60), async {
+        let Some(mut cluster) = Cluster::start(TEST, &[]).await else {
+            return;
+        };
+        let cookie = cluster.cookie().to_string();
+        let limit: Vec<String> = ["--rate-limit-per-sec", "1", "--rate-limit-burst", "10"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut a_args = vec!["--cluster-cookie".to_string(), cookie.clone()];
+        a_args.extend(limit.clone());
+        cluster.add_custom("a", "127.0.0.25", &a_args, &[]).await;
+        let seed = cluster.node("a").cluster_addr.clone();
+        let mut b_args = vec![
+            "--cluster-cookie".to_string(),
+            cookie,
+            "--peers".into(),
+            seed,
+        ];
+        b_args.extend(limit);
+        cluster.add_custom("b", "127.0.0.26", &b_args, &[]).await;
+        cluster.converge(&["a", "b"], Duration::from_secs(20)).await;
+        let mut on_a = cluster.client("a", "limited").await;
+        let mut on_b = cluster.client("b", "limited").await;
+        on_a.join("limits").await;
+        on_b.join("limits").await;
+        // The owner's share message follows the second session's registration.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t0 = tokio::time::Instant::now();
+        let mut acked = 0;
+        let mut limited = 0;
+        for i in 0..12 {
+            for c in [&mut on_a, &mut on_b] {
+                let ack = c
+                    .request(
+                        "sendMessage",
+                        json!({"roomId": "limits", "text": format!("m{i}")}),
+                    )
+                    .await;
+                match ack["error"]["code"].as_str() {
+                    None => acked += 1,
+                    Some("rate_limited") => limited += 1,
+                    Some(other) => panic!("unexpected error {other}: {ack}"),
+                }
+            }
+        }
+        // Both nodes at full burst would ack up to 2 × 9 = 18 after the joins; shared, each
+        // node has 5 (minus its join), plus what refills at 1/s over the run.
+        let refill = t0.elapsed().as_secs_f64().ceil() as usize + 1;
+        assert!(acked >= 1, "nothing was acknowledged");
+        assert!(
+            acked <= 10 + refill,
+            "{acked} sends acknowledged: the limit was not shared (limited {limited})"
+        );
+        report!("{TEST}: {acked} acked, {limited} rate_limited of 24 over two nodes (burst 10)");
     })
     .await;
 }

@@ -27,7 +27,7 @@ use crate::cluster::ClusterView;
 use crate::hub::Hub;
 use crate::room::{Room, RoomArgs, RoomConfig, RoomDeps, RoomMsg};
 use crate::supervisor::{ChildSpec, Directory, RestartPolicy, SupervisorError};
-use crate::user::{User, UserArgs, UserConfig, UserMsg};
+use crate::user::{Buckets, User, UserArgs, UserConfig, UserMsg};
 
 mod users;
 
@@ -79,7 +79,11 @@ impl ChildSpec for RoomSpec {
     }
 }
 
-pub(crate) struct UserSpec(UserConfig);
+pub(crate) struct UserSpec {
+    cfg: UserConfig,
+    cluster: Arc<ClusterView>,
+    buckets: Arc<Buckets>,
+}
 
 impl ChildSpec for UserSpec {
     type Key = UserId;
@@ -91,7 +95,9 @@ impl ChildSpec for UserSpec {
     fn args(&self, key: &UserId, _restarted: bool) -> UserArgs {
         UserArgs {
             user: key.clone(),
-            cfg: self.0.clone(),
+            cfg: self.cfg.clone(),
+            cluster: self.cluster.clone(),
+            buckets: self.buckets.clone(),
         }
     }
 }
@@ -105,8 +111,8 @@ pub struct Rooms {
     pub(crate) rooms: Directory<RoomSpec>,
     pub(crate) users: Directory<UserSpec>,
     pub(crate) room_deps: Arc<RoomDeps>,
-    /// Per-user token buckets of this node's sessions, with their session count.
-    buckets: Mutex<HashMap<UserId, (Arc<TokenBucket>, usize)>>,
+    /// Per-user token buckets of this node's sessions.
+    pub(crate) buckets: Arc<Buckets>,
     /// Per room with sessions here: the owner they were last registered with (see
     /// `remote::sync_registrations`).
     pub(crate) registered: Mutex<HashMap<RoomId, Arc<str>>>,
@@ -162,7 +168,16 @@ impl Rooms {
             handoffs: Mutex::new(HashMap::new()),
         });
         let rooms = Directory::start(RoomSpec(deps.clone()), cfg.restart).await?;
-        let users = Directory::start(UserSpec(cfg.user.clone()), cfg.restart).await?;
+        let buckets = Arc::new(Buckets::new(cfg.user.rate_per_sec, cfg.user.burst));
+        let users = Directory::start(
+            UserSpec {
+                cfg: cfg.user.clone(),
+                cluster: cluster.clone(),
+                buckets: buckets.clone(),
+            },
+            cfg.restart,
+        )
+        .await?;
         Ok(Arc::new(Rooms {
             cfg,
             cluster,
@@ -171,7 +186,7 @@ impl Rooms {
             rooms,
             users,
             room_deps: deps,
-            buckets: Mutex::new(HashMap::new()),
+            buckets,
             registered: Mutex::new(HashMap::new()),
             users_registered: Mutex::new(HashMap::new()),
         }))
@@ -284,15 +299,8 @@ impl Rooms {
         for room in self.hub.unregister(session) {
             self.tell_owner_left(session, &room);
         }
-        {
-            let mut buckets = lock(&self.buckets);
-            if let Some(e) = buckets.get_mut(user) {
-                e.1 = e.1.saturating_sub(1);
-                if e.1 == 0 {
-                    buckets.remove(user);
-                    lock(&self.users_registered).remove(user);
-                }
-            }
+        if self.buckets.release(user) {
+            lock(&self.users_registered).remove(user);
         }
         let owner = self.cluster.user_owner(user.as_str());
         if self.cluster.is_local(&owner) {

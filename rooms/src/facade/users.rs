@@ -13,20 +13,7 @@ impl Rooms {
     ) -> Result<Arc<TokenBucket>, ApiError> {
         self.hub
             .register(session, member.user_id.clone(), &member.username, sink);
-        let bucket = {
-            let mut buckets = lock(&self.buckets);
-            let e = buckets.entry(member.user_id.clone()).or_insert_with(|| {
-                (
-                    Arc::new(TokenBucket::new(
-                        self.cfg.user.rate_per_sec,
-                        self.cfg.user.burst,
-                    )),
-                    0,
-                )
-            });
-            e.1 += 1;
-            e.0.clone()
-        };
+        let bucket = self.buckets.acquire(&member.user_id);
         // Presence bookkeeping at the user's owner: a failure does not refuse the connection
         // (the session works without it); the periodic `sync_registrations` retries it.
         let mut attempt = 0;
