@@ -29,12 +29,13 @@ use tokio::time::Instant;
 use crate::chat_shard::room_id;
 use crate::cli::{self, parse_duration};
 use crate::failover_client::{self as client, Ctx, Reader};
-use crate::failover_ledger::{self as ledger, Acked, ReaderView, Verdict};
+use crate::failover_ledger::{self as ledger, Acked, ReaderView};
 use crate::failover_nodes::{self as nodes, NodeSpec};
+use crate::failover_report::{round1, table, Report};
 use crate::net::ConnOpts;
 use crate::proto::Protocol;
-use crate::report::{self, fmt_us, Table};
-use crate::stats::{self, Counts, Summary};
+use crate::report;
+use crate::stats;
 use crate::sys;
 use crate::token::Minter;
 
@@ -134,41 +135,6 @@ pub struct Kill {
     pub error: Option<String>,
     #[serde(skip)]
     pub t: Option<Instant>,
-}
-
-#[derive(Serialize)]
-struct Report {
-    scenario: &'static str,
-    nodes: Vec<NodeSpec>,
-    rooms: u64,
-    senders: u64,
-    readers: u64,
-    rate: f64,
-    duration_s: f64,
-    kills_planned: u64,
-    kills_done: u64,
-    kills: Vec<Kill>,
-    acked: u64,
-    send_attempts: u64,
-    retried_messages: u64,
-    abandoned: u64,
-    #[serde(flatten)]
-    verdict: Verdict,
-    violations: u64,
-    missing_before_final_resume: u64,
-    max_recovery_ms: Option<f64>,
-    max_all_senders_recovery_ms: Option<f64>,
-    resyncs: u64,
-    reader_sessions: u64,
-    readers_went_home: u64,
-    sender_sessions: u64,
-    pushes: u64,
-    fetched: u64,
-    readers_failed: Vec<String>,
-    errors: Counts,
-    unexpected: Vec<String>,
-    ack_latency: Summary,
-    tool_cpu_us: u64,
 }
 
 fn validate(a: &Args) -> Result<()> {
@@ -471,10 +437,6 @@ async fn measure(a: &Args, specs: Vec<NodeSpec>, killable: Vec<usize>) -> Result
     Ok(())
 }
 
-fn round1(v: f64) -> f64 {
-    (v * 10.0).round() / 10.0
-}
-
 /// Kills `node`, waits `--down-for`, starts it again and waits until it is healthy.
 async fn kill_and_restart(
     a: &Args,
@@ -539,105 +501,4 @@ async fn kill_and_restart(
         Err(e) => k.error = Some(format!("restart: {e:#}")),
     }
     k
-}
-
-fn opt_ms(v: Option<f64>) -> String {
-    v.map_or("n/a".into(), |v| fmt_us((v * 1e3) as u64))
-}
-
-fn table(r: &Report) -> Table {
-    let mut t = Table::new(format!(
-        "failover: {} nodes, {}/{} kills, {} rooms, {} senders, {} readers, {} msg/s",
-        r.nodes.len(),
-        r.kills_done,
-        r.kills_planned,
-        r.rooms,
-        r.senders,
-        r.readers,
-        r.rate
-    ));
-    t.section("nodes");
-    for n in &r.nodes {
-        let how = if n.killable() {
-            "killed and restarted"
-        } else {
-            "never killed"
-        };
-        t.row(&n.url, how);
-    }
-    t.section("kills");
-    for (i, k) in r.kills.iter().enumerate() {
-        let v = match &k.error {
-            Some(e) => format!("{} at {} s: FAILED: {e}", k.node, k.at_s),
-            None => format!(
-                "{} at {} s (pid {}): healthy again after {}; first ack after {}, every sender after {}",
-                k.node,
-                k.at_s,
-                k.pid.unwrap_or(0),
-                opt_ms(k.down_ms),
-                opt_ms(k.first_ack_ms),
-                opt_ms(k.all_senders_ms)
-            ),
-        };
-        t.row(&format!("{}", i + 1), v);
-    }
-    t.section("acknowledged messages");
-    t.row(
-        "acked",
-        format!(
-            "{} in {} s ({} attempts, {} messages retried, {} abandoned)",
-            r.acked, r.duration_s, r.send_attempts, r.retried_messages, r.abandoned
-        ),
-    );
-    t.latency("send → ack (retries included)", &r.ack_latency);
-    let v = &r.verdict;
-    t.row(
-        "lost",
-        format!("{} ({} reader copies)", v.lost, v.lost_copies),
-    );
-    t.row("duplicated pushes", v.duplicate_pushes);
-    t.row("out-of-order pushes", v.out_of_order_pushes);
-    t.row("seq reused", v.seq_reused);
-    t.row("stored twice", v.stored_twice);
-    t.row("gaps after the final resume", v.gaps);
-    t.row(
-        "missing before the final resume",
-        r.missing_before_final_resume,
-    );
-    t.row("pushed again after a reconnect", v.repushed_after_reconnect);
-    t.section("recovery");
-    t.row("max kill → first ack", opt_ms(r.max_recovery_ms));
-    t.row(
-        "max kill → every sender acked",
-        opt_ms(r.max_all_senders_recovery_ms),
-    );
-    t.row("resyncs", r.resyncs);
-    t.row(
-        "sessions",
-        format!(
-            "readers {} ({} went home), senders {}",
-            r.reader_sessions, r.readers_went_home, r.sender_sessions
-        ),
-    );
-    t.row(
-        "reader messages",
-        format!("{} pushed, {} fetched", r.pushes, r.fetched),
-    );
-    t.counts("errors", &r.errors);
-    for (i, u) in r.unexpected.iter().take(10).enumerate() {
-        t.row(&format!("unexpected {}", i + 1), u);
-    }
-    for f in &r.readers_failed {
-        t.row("reader failed", f);
-    }
-    for (i, s) in v.samples.iter().take(10).enumerate() {
-        t.row(&format!("violation {}", i + 1), s);
-    }
-    t.row("tool cpu", fmt_us(r.tool_cpu_us));
-    t.section(if r.violations == 0 && r.readers_failed.is_empty() {
-        "verdict: OK (nothing lost, duplicated, reordered or reused)"
-    } else {
-        "verdict: VIOLATIONS"
-    });
-    t
 }

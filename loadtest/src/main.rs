@@ -12,6 +12,7 @@ mod failover_client;
 mod failover_conn;
 mod failover_ledger;
 mod failover_nodes;
+mod failover_report;
 mod frame;
 mod history;
 mod net;
