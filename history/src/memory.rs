@@ -281,17 +281,7 @@ mod tests {
     use super::*;
 
     fn msg(room: &RoomId, seq: u64) -> ChatMessage {
-        ChatMessage {
-            id: ChatMessage::make_id(room, seq),
-            room_id: room.clone(),
-            seq,
-            user_id: UserId::new("u").unwrap(),
-            username: "U".into(),
-            text: format!("m{seq}"),
-            attachments: "[]".into(),
-            timestamp: seq as i64,
-            client_msg_id: None,
-        }
+        crate::store::test_message(room, seq)
     }
 
     #[tokio::test]

@@ -231,3 +231,19 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Waits for queued writes to finish and stops accepting new ones.
     async fn shutdown(&self);
 }
+
+/// A plain message of user `u` for the stores' unit tests.
+#[cfg(test)]
+pub(crate) fn test_message(room: &RoomId, seq: u64) -> ChatMessage {
+    ChatMessage {
+        id: ChatMessage::make_id(room, seq),
+        room_id: room.clone(),
+        seq,
+        user_id: UserId::new("u").unwrap_or_else(|_| unreachable!()),
+        username: "U".into(),
+        text: format!("m{seq}"),
+        attachments: "[]".into(),
+        timestamp: seq as i64,
+        client_msg_id: None,
+    }
+}

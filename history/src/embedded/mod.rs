@@ -340,18 +340,7 @@ mod tests {
     use super::*;
 
     fn msg(room: &str, seq: u64) -> ChatMessage {
-        let room_id = RoomId::new(room).unwrap();
-        ChatMessage {
-            id: ChatMessage::make_id(&room_id, seq),
-            room_id,
-            seq,
-            user_id: UserId::new("u").unwrap(),
-            username: "U".into(),
-            text: format!("m{seq}"),
-            attachments: "[]".into(),
-            timestamp: seq as i64,
-            client_msg_id: None,
-        }
+        crate::store::test_message(&RoomId::new(room).unwrap(), seq)
     }
 
     #[tokio::test]
