@@ -13,3 +13,4 @@ pub mod config;
 pub mod http;
 pub mod server;
 pub mod telemetry;
+pub mod upgrade;

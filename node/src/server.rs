@@ -1,15 +1,22 @@
 //! Boot and shutdown of a node.
 //!
 //! Runtime layout (see `docs/runtime.md`): one multi-thread tokio runtime, "core", owns the
-//! ractor actors (rooms, users, supervisors) and the store's tasks; actix-web's `HttpServer`
-//! is started inside it and runs its own worker threads (one single-threaded runtime each) for
-//! sockets and session actors. Sessions reach rooms by `cast`/`call` (thread-safe channels);
+//! ractor actors (rooms, users, supervisors) and the store's tasks; the HTTP server (actix-server
+//! with actix-web's `App`, as `HttpServer` builds it, plus a WebSocket upgrade handler, see
+//! [`crate::upgrade`]) is started inside it and runs its own worker threads (one
+//! single-threaded runtime each) for sockets and session actors. Sessions reach rooms by `cast`/`call` (thread-safe channels);
 //! rooms reach sessions through bounded queues.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpServer};
+use std::rc::Rc;
+
+use actix_http::HttpService;
+use actix_service::{fn_factory, fn_service, map_config, ServiceFactory};
+use actix_web::dev::{AppConfig, Extensions};
+use actix_web::rt::net::TcpStream;
+use actix_web::{web, App};
 use anyhow::Context;
 use history::scylla::{ScyllaConfig, ScyllaError, ScyllaStore};
 use history::{EmbeddedStore, HistoryStore};
@@ -21,6 +28,7 @@ use tracing::{info, warn};
 use crate::backend::NodeBackend;
 use crate::config::{Config, HistoryBackend, JwtAlgorithm};
 use crate::http::{self, HttpState};
+use crate::upgrade::{self, LiveSockets};
 
 fn cores() -> usize {
     std::thread::available_parallelism()
@@ -220,25 +228,19 @@ pub fn migrate(cfg: &Config) -> anyhow::Result<()> {
 /// Sets TCP_USER_TIMEOUT and keepalive on an accepted client socket, so that a peer that stops
 /// reading (zero window) or vanishes is dropped by the kernel and its session actor ends.
 /// Also records the socket's identity for the slow-consumer kill switch (`sessions::conn`).
-fn tune_socket(
-    conn: &dyn std::any::Any,
-    ext: &mut actix_web::dev::Extensions,
-    user_timeout: Duration,
-) {
-    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        if let Some(sock) = sessions::conn::ConnSocket::of(tcp) {
-            ext.insert(sock);
-        }
-        let sock = socket2::SockRef::from(tcp);
-        // Pushes and acks are small frames written back to back: without TCP_NODELAY, Nagle's
-        // algorithm holds the second until the first is acknowledged (measured: acks at 20 ms).
-        let _ = sock.set_tcp_nodelay(true);
-        let _ = sock.set_tcp_user_timeout(Some(user_timeout));
-        let ka = socket2::TcpKeepalive::new()
-            .with_time(Duration::from_secs(30))
-            .with_interval(Duration::from_secs(10));
-        let _ = sock.set_tcp_keepalive(&ka);
+fn tune_socket(tcp: &TcpStream, ext: &mut Extensions, user_timeout: Duration) {
+    if let Some(sock) = sessions::conn::ConnSocket::of(tcp) {
+        ext.insert(sock);
     }
+    let sock = socket2::SockRef::from(tcp);
+    // Pushes and acks are small frames written back to back: without TCP_NODELAY, Nagle's
+    // algorithm holds the second until the first is acknowledged (measured: acks at 20 ms).
+    let _ = sock.set_tcp_nodelay(true);
+    let _ = sock.set_tcp_user_timeout(Some(user_timeout));
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    let _ = sock.set_tcp_keepalive(&ka);
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
@@ -295,7 +297,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     } else {
         cfg.http_workers
     };
-    let server = HttpServer::new(move || {
+    let live = Arc::new(LiveSockets::default());
+    let make_app = move || {
         let app = App::new()
             .app_data(sessions.clone())
             .app_data(state.clone())
@@ -315,15 +318,40 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         } else {
             app
         }
-    })
-    .on_connect(move |conn, ext| tune_socket(conn, ext, user_timeout))
-    .workers(workers)
-    .backlog(4096)
-    .max_connections(200_000)
-    .disable_signals()
-    .shutdown_timeout(cfg.shutdown_grace.as_secs().max(1))
-    .listen(listener)?
-    .run();
+    };
+    // actix-web's `HttpServer`, assembled by hand so WebSocket upgrades can leave actix-http's
+    // dispatcher (see `upgrade`): one App instance per worker serves plain HTTP, another the
+    // upgrade requests.
+    let server_live = live.clone();
+    let server = actix_server::Server::build()
+        .workers(workers)
+        .backlog(4096)
+        .max_concurrent_connections(200_000)
+        .disable_signals()
+        .shutdown_timeout(cfg.shutdown_grace.as_secs().max(1))
+        .listen("parley-http", listener, move || {
+            let make_app = make_app.clone();
+            let live = server_live.clone();
+            let upgrade_app = make_app.clone();
+            HttpService::build()
+                .on_connect_ext(move |tcp: &TcpStream, ext: &mut Extensions| {
+                    tune_socket(tcp, ext, user_timeout)
+                })
+                .upgrade(fn_factory(move || {
+                    let factory = map_config(upgrade_app(), |_| AppConfig::default());
+                    let live = live.clone();
+                    async move {
+                        let app = Rc::new(factory.new_service(()).await?);
+                        Ok::<_, ()>(fn_service(move |(req, framed)| {
+                            upgrade::hand_over(app.clone(), live.clone(), req, framed);
+                            std::future::ready(Ok::<_, actix_web::Error>(()))
+                        }))
+                    }
+                }))
+                .h1(map_config(make_app(), |_| AppConfig::default()))
+                .tcp()
+        })?
+        .run();
     let handle = server.handle();
     let server_task = tokio::spawn(server);
     if test_hooks {
@@ -343,7 +371,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     info!("shutting down: closing sessions (1001)");
     let _ = shutdown_tx.send(true);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    if !live.drained(cfg.shutdown_grace).await {
+        warn!(
+            left = live.count(),
+            "WebSocket connections still open after the shutdown grace; dropping them"
+        );
+    }
     handle.stop(true).await;
     let _ = server_task.await;
     rooms.stop();

@@ -1,0 +1,394 @@
+//! WebSocket connections leave actix-http's HTTP/1 dispatcher at the upgrade.
+//!
+//! Why: actix-http gives every connection an 8 KiB read and an 8 KiB write buffer (fixed
+//! constants in `h1/dispatcher.rs`) and keeps them, with the whole dispatcher task, for the
+//! life of a WebSocket. Measured with heaptrack at 3,000 idle sessions, that was 16,384 B of
+//! buffers plus a 2.3 KiB task per connection: the largest part of a node's memory per idle
+//! connection (BENCHMARKS.md, "Memory per idle connection").
+//!
+//! So the HTTP service is built with an upgrade handler. actix-http hands the socket over at
+//! a WebSocket upgrade request; this module
+//! 1. runs that request through the same actix-web `App` (its own instance per worker), so the
+//!    `/ws` and `/socket.io` handlers, authentication, limits and the actix `WebsocketContext`
+//!    session actors are exactly the ones plain HTTP requests reach;
+//! 2. writes the response head with actix-http's own HTTP/1 codec, and for anything but
+//!    `101 Switching Protocols` the body, then closes the connection;
+//! 3. drives the session on a small task of its own (the dispatcher's task ends, and its
+//!    buffers are freed): the session reads through [`SocketInput`], which holds no buffer
+//!    while the socket is idle (a read lands in a stack buffer and is copied into a `Bytes` of
+//!    exactly its length), and [`pump`] writes the frames the session produced with vectored
+//!    writes, straight from the context's buffers.
+//!
+//! Backpressure is the dispatcher's: the session is not polled while more than
+//! [`PAUSE_AT`] bytes wait for the socket, so a client that stops reading holds at most that
+//! much here (plus its bounded outbox; see `sessions::outbox` for the slow-consumer eviction
+//! and the kill switch that ends such a connection). After the session's last frame (its close
+//! frame), the rest is flushed for at most [`CLOSE_FLUSH`], and the client gets up to
+//! [`CLOSE_LINGER`] to close its side (as actix-http's `client_disconnect_timeout` gave it).
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use actix_codec::{Encoder, Framed};
+use actix_http::body::{BodySize, BoxBody, MessageBody};
+use actix_http::error::PayloadError;
+use actix_http::{h1, ConnectionType, Payload, Request, Response, StatusCode};
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::rt::net::TcpStream;
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use tokio::sync::Notify;
+
+/// Stop polling a session while this many bytes of its frames wait for the socket.
+pub const PAUSE_AT: usize = 64 * 1024;
+/// How long the frames left after a session ended (its close frame) may take to flush.
+pub const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+/// How long a closed connection waits for the client to close its side.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// Largest non-101 response body written on an upgrade request (error bodies are small JSON).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// IoSlices per vectored write.
+const MAX_SLICES: usize = 64;
+/// Stack buffer for one socket read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// The WebSocket connections this node drives, for a graceful stop.
+#[derive(Debug, Default)]
+pub struct LiveSockets {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl LiveSockets {
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Waits until no WebSocket connection is left, or `limit` has passed.
+    pub async fn drained(&self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let idle = self.idle.notified();
+                if self.count() == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+}
+
+/// Counts a connection while it lives.
+struct LiveGuard(Arc<LiveSockets>);
+
+impl LiveGuard {
+    fn new(live: Arc<LiveSockets>) -> Self {
+        live.count.fetch_add(1, Ordering::AcqRel);
+        LiveGuard(live)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Takes an upgrade request over from actix-http: the connection continues on a task of its
+/// own, and the dispatcher (with its buffers) is dropped at once.
+pub fn hand_over<S, B>(
+    app: Rc<S>,
+    live: Arc<LiveSockets>,
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+) where
+    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    let guard = LiveGuard::new(live);
+    actix_web::rt::spawn(async move {
+        if let Err(e) = serve(app, req, framed).await {
+            tracing::debug!(error = %e, "websocket connection ended with an error");
+        }
+        drop(guard);
+    });
+}
+
+async fn serve<S, B>(
+    app: Rc<S>,
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+) -> io::Result<()>
+where
+    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody + 'static,
+{
+    let parts = framed.into_parts();
+    let io = Rc::new(parts.io);
+    let mut codec = parts.codec;
+    // Bytes the client sent right behind the request head (its first frames), copied out so
+    // the dispatcher's 8 KiB buffers are freed here.
+    let early = (!parts.read_buf.is_empty()).then(|| Bytes::copy_from_slice(&parts.read_buf));
+    drop(parts.read_buf);
+    drop(parts.write_buf);
+
+    let input = SocketInput {
+        io: io.clone(),
+        early,
+        done: false,
+    };
+    let (req, _) = req.replace_payload(Payload::Stream {
+        payload: Box::pin(input) as actix_http::BoxedPayloadStream,
+    });
+    let res: Response<BoxBody> = match app.call(req).await {
+        Ok(res) => Response::from(res).map_into_boxed_body(),
+        Err(e) => Response::from(e),
+    };
+    let (mut head, body) = res.into_parts();
+    let mut out = BytesMut::new();
+
+    if head.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let bytes = match body.size() {
+            BodySize::Sized(n) if n as usize <= MAX_ERROR_BODY => {
+                actix_http::body::to_bytes(body).await.unwrap_or_default()
+            }
+            _ => Bytes::new(),
+        };
+        head.head_mut().set_connection_type(ConnectionType::Close);
+        codec
+            .encode(
+                h1::Message::Item((head, BodySize::Sized(bytes.len() as u64))),
+                &mut out,
+            )
+            .map_err(io::Error::other)?;
+        out.extend_from_slice(&bytes);
+        write_all(&io, &out).await?;
+        linger(&io).await;
+        return Ok(());
+    }
+
+    codec
+        .encode(h1::Message::Item((head, BodySize::Stream)), &mut out)
+        .map_err(io::Error::other)?;
+    drop(codec);
+    let mut pump = Pump {
+        io,
+        body,
+        queue: VecDeque::from([out.freeze()]),
+        queued: 0,
+        body_done: false,
+    };
+    pump.queued = pump.queue.iter().map(Bytes::len).sum();
+    poll_fn(|cx| pump.poll_session(cx)).await?;
+    // The session ended: flush its last frames (the close frame), bounded.
+    match tokio::time::timeout(CLOSE_FLUSH, poll_fn(|cx| pump.poll_flush(cx))).await {
+        Ok(r) => r?,
+        Err(_) => tracing::debug!("client did not read its last frames; dropping the socket"),
+    }
+    linger(&pump.io).await;
+    Ok(())
+}
+
+/// Ends a connection as the WebSocket closing handshake wants: shut down our side, then read
+/// (and discard) until the client closes too, for at most [`CLOSE_LINGER`]. Closing with
+/// unread input at once would answer the client's late frames (a pong, its close frame) with
+/// a reset, and a reset makes the client's kernel drop the close frame it has not read yet.
+async fn linger(io: &TcpStream) {
+    let _ = socket2::SockRef::from(io).shutdown(std::net::Shutdown::Write);
+    let drain = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            if io.readable().await.is_err() {
+                return;
+            }
+            match io.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+}
+
+async fn write_all(io: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        io.writable().await?;
+        match io.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The socket as the session's input: a stream of exactly-sized chunks.
+pub struct SocketInput {
+    io: Rc<TcpStream>,
+    early: Option<Bytes>,
+    done: bool,
+}
+
+impl Stream for SocketInput {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(b) = this.early.take() {
+            return Poll::Ready(Some(Ok(b)));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            if let Err(e) = ready!(this.io.poll_read_ready(cx)) {
+                this.done = true;
+                return Poll::Ready(Some(Err(PayloadError::Io(e))));
+            }
+            let mut buf = [0u8; READ_CHUNK];
+            match this.io.try_read(&mut buf) {
+                Ok(0) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Ok(n) => return Poll::Ready(Some(Ok(Bytes::copy_from_slice(&buf[..n])))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(PayloadError::Io(e))));
+                }
+            }
+        }
+    }
+}
+
+/// Moves a session's frames to its socket.
+struct Pump {
+    io: Rc<TcpStream>,
+    body: BoxBody,
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    body_done: bool,
+}
+
+impl Pump {
+    /// Runs the session (polling its context runs the actor and reads its input) and writes
+    /// what it produces; ready when the session has ended.
+    fn poll_session(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let mut progress = false;
+            while !self.body_done && self.queued < PAUSE_AT {
+                match Pin::new(&mut self.body).poll_next(cx) {
+                    Poll::Ready(Some(Ok(b))) => {
+                        if !b.is_empty() {
+                            self.queued += b.len();
+                            self.queue.push_back(b);
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(io::Error::other(e.to_string())))
+                    }
+                    Poll::Ready(None) => self.body_done = true,
+                    Poll::Pending => break,
+                }
+            }
+            if self.body_done {
+                return Poll::Ready(Ok(()));
+            }
+            match self.write_some(cx)? {
+                0 => {}
+                _ => progress = true,
+            }
+            // Written below the mark while the session was paused: poll it again.
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Ready when every queued frame is written.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.queue.is_empty() {
+            if self.write_some(cx)? == 0 {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes as much of the queue as the socket takes now; the bytes written.
+    fn write_some(&mut self, cx: &mut Context<'_>) -> io::Result<usize> {
+        let mut total = 0;
+        while !self.queue.is_empty() {
+            match self.io.poll_write_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(r) => r?,
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = self.queue.len().min(MAX_SLICES);
+            for (s, b) in slices.iter_mut().zip(self.queue.iter()) {
+                *s = IoSlice::new(b);
+            }
+            match self.io.try_write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(mut w) => {
+                    total += w;
+                    self.queued -= w;
+                    while w > 0 {
+                        let Some(front) = self.queue.front_mut() else {
+                            break;
+                        };
+                        if w >= front.len() {
+                            w -= front.len();
+                            self.queue.pop_front();
+                        } else {
+                            let _ = front.split_to(w);
+                            w = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn live_sockets_drain_when_the_last_guard_drops() {
+        let live = Arc::new(LiveSockets::default());
+        assert!(live.drained(Duration::from_millis(10)).await);
+        let a = LiveGuard::new(live.clone());
+        let b = LiveGuard::new(live.clone());
+        assert_eq!(live.count(), 2);
+        assert!(!live.drained(Duration::from_millis(20)).await);
+        drop(a);
+        let waiter = {
+            let live = live.clone();
+            tokio::spawn(async move { live.drained(Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(b);
+        assert!(waiter.await.unwrap());
+        assert_eq!(live.count(), 0);
+    }
+}
