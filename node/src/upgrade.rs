@@ -117,18 +117,28 @@ pub fn hand_over<S, B>(
 {
     let guard = LiveGuard::new(live);
     actix_web::rt::spawn(async move {
-        if let Err(e) = serve(app, req, framed).await {
-            tracing::debug!(error = %e, "websocket connection ended with an error");
+        // The handshake (with the App's handler future) runs boxed, so its state is freed once
+        // the connection is established: the task itself keeps only the pump.
+        match Box::pin(handshake(app, req, framed)).await {
+            Ok(Some(mut pump)) => {
+                if let Err(e) = pump.run().await {
+                    tracing::debug!(error = %e, "websocket connection ended with an error");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "websocket handshake failed"),
         }
         drop(guard);
     });
 }
 
-async fn serve<S, B>(
+/// Runs the upgrade request through the App and writes the response head. `Some`: the session
+/// to drive; `None`: the request was refused (the response is written, the connection closed).
+async fn handshake<S, B>(
     app: Rc<S>,
     req: Request,
     framed: Framed<TcpStream, h1::Codec>,
-) -> io::Result<()>
+) -> io::Result<Option<Pump>>
 where
     S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody + 'static,
@@ -174,29 +184,20 @@ where
         out.extend_from_slice(&bytes);
         write_all(&io, &out).await?;
         linger(&io).await;
-        return Ok(());
+        return Ok(None);
     }
 
     codec
         .encode(h1::Message::Item((head, BodySize::Stream)), &mut out)
         .map_err(io::Error::other)?;
-    drop(codec);
-    let mut pump = Pump {
+    let out = out.freeze();
+    Ok(Some(Pump {
         io,
         body,
-        queue: VecDeque::from([out.freeze()]),
-        queued: 0,
+        queued: out.len(),
+        queue: VecDeque::from([out]),
         body_done: false,
-    };
-    pump.queued = pump.queue.iter().map(Bytes::len).sum();
-    poll_fn(|cx| pump.poll_session(cx)).await?;
-    // The session ended: flush its last frames (the close frame), bounded.
-    match tokio::time::timeout(CLOSE_FLUSH, poll_fn(|cx| pump.poll_flush(cx))).await {
-        Ok(r) => r?,
-        Err(_) => tracing::debug!("client did not read its last frames; dropping the socket"),
-    }
-    linger(&pump.io).await;
-    Ok(())
+    }))
 }
 
 /// Ends a connection as the WebSocket closing handshake wants: shut down our side, then read
@@ -206,12 +207,8 @@ where
 async fn linger(io: &TcpStream) {
     let _ = socket2::SockRef::from(io).shutdown(std::net::Shutdown::Write);
     let drain = async {
-        let mut buf = [0u8; 1024];
-        loop {
-            if io.readable().await.is_err() {
-                return;
-            }
-            match io.try_read(&mut buf) {
+        while io.readable().await.is_ok() {
+            match discard_input(io) {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -220,6 +217,13 @@ async fn linger(io: &TcpStream) {
         }
     };
     let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+}
+
+/// One read into a stack buffer (kept out of the futures above, whose state lives as long as
+/// the connection).
+fn discard_input(io: &TcpStream) -> io::Result<usize> {
+    let mut buf = [0u8; 1024];
+    io.try_read(&mut buf)
 }
 
 async fn write_all(io: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
@@ -285,6 +289,18 @@ struct Pump {
 }
 
 impl Pump {
+    /// Drives the session to its end, then closes the connection.
+    async fn run(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_session(cx)).await?;
+        // The session ended: flush its last frames (the close frame), bounded.
+        match tokio::time::timeout(CLOSE_FLUSH, poll_fn(|cx| self.poll_flush(cx))).await {
+            Ok(r) => r?,
+            Err(_) => tracing::debug!("client did not read its last frames; dropping the socket"),
+        }
+        linger(&self.io).await;
+        Ok(())
+    }
+
     /// Runs the session (polling its context runs the actor and reads its input) and writes
     /// what it produces; ready when the session has ended.
     fn poll_session(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
