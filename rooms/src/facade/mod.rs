@@ -66,11 +66,12 @@ pub(crate) struct RoomSpec(Arc<RoomDeps>);
 impl ChildSpec for RoomSpec {
     type Key = RoomId;
     type Child = Room;
+    type Dormant = ();
     const KIND: &'static str = "room";
     fn child(&self) -> Room {
         Room
     }
-    fn args(&self, key: &RoomId, restarted: bool) -> RoomArgs {
+    fn args(&self, key: &RoomId, restarted: bool, _dormant: Option<()>) -> RoomArgs {
         RoomArgs {
             room: key.clone(),
             deps: self.0.clone(),
@@ -88,11 +89,12 @@ pub(crate) struct UserSpec {
 impl ChildSpec for UserSpec {
     type Key = UserId;
     type Child = User;
+    type Dormant = ();
     const KIND: &'static str = "user";
     fn child(&self) -> User {
         User
     }
-    fn args(&self, key: &UserId, _restarted: bool) -> UserArgs {
+    fn args(&self, key: &UserId, _restarted: bool, _dormant: Option<()>) -> UserArgs {
         UserArgs {
             user: key.clone(),
             cfg: self.cfg.clone(),
