@@ -37,7 +37,8 @@ use std::time::Duration;
 use cluster_proto::wire::Cast;
 use cluster_proto::{SessionId, UserId};
 use ractor::actor::messages::BoxedState;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
 use tokio::time::Instant;
 
 use crate::cluster::ClusterView;
@@ -106,6 +107,7 @@ pub struct UserArgs {
 }
 
 type Sessions = Vec<(SessionId, Option<Arc<str>>)>;
+type Timer = JoinHandle<Result<(), MessagingErr<UserMsg>>>;
 
 /// What a hibernated user keeps: its sessions and their nodes (`None`: this node). The nodes
 /// last told their share are exactly these sessions' nodes (the actor tells them after every
@@ -137,8 +139,9 @@ pub struct UserState {
     shared_with: BTreeSet<Option<Arc<str>>>,
     /// When the last message (not counting the actor's timer) was handled.
     last_message: Instant,
-    /// When the earliest pending timer fires.
-    timer_due: Option<Instant>,
+    /// The pending timer: when it fires, and its task. The task holds the actor's cell (and
+    /// with it the mailbox's channels), so it is aborted when replaced or when the actor stops.
+    timer: Option<(Instant, Timer)>,
     /// Draining to hibernate or stop ([`UserState::into_dormant`] decides which).
     draining: bool,
 }
@@ -183,23 +186,34 @@ impl UserState {
         self.arm(myself);
     }
 
-    /// Makes sure a timer fires once the actor has been quiet long enough. One timer at a
-    /// time (not one per message); a timer that fires early sets the next.
+    /// Makes sure a timer fires once the actor has been quiet long enough: one timer at a
+    /// time (not one per message), replaced only by an earlier one; a timer that fires early
+    /// sets the next. None once draining (it could not be delivered).
     fn arm(&mut self, myself: &ActorRef<UserMsg>) {
-        let due = self.last_message + self.quiet_limit();
-        if self.timer_due.is_some_and(|t| t <= due) {
+        if self.draining {
             return;
         }
-        self.timer_due = Some(due);
-        myself.send_after(due.saturating_duration_since(Instant::now()), || {
+        let due = self.last_message + self.quiet_limit();
+        if self.timer.as_ref().is_some_and(|(t, _)| *t <= due) {
+            return;
+        }
+        self.cancel_timer();
+        let task = myself.send_after(due.saturating_duration_since(Instant::now()), || {
             UserMsg::IdleCheck
         });
+        self.timer = Some((due, task));
+    }
+
+    fn cancel_timer(&mut self) {
+        if let Some((_, task)) = self.timer.take() {
+            task.abort();
+        }
     }
 
     fn idle_check(&mut self, myself: &ActorRef<UserMsg>) {
         let now = Instant::now();
-        if self.timer_due.is_some_and(|t| t <= now) {
-            self.timer_due = None;
+        if self.timer.as_ref().is_some_and(|(t, _)| *t <= now) {
+            self.timer = None; // this one, done
         }
         if self.draining {
             return;
@@ -258,7 +272,7 @@ impl Actor for User {
             shared_with: nodes_of(&sessions),
             sessions,
             last_message: Instant::now(),
-            timer_due: None,
+            timer: None,
             draining: false,
         })
     }
@@ -269,6 +283,15 @@ impl Actor for User {
         state: &mut UserState,
     ) -> Result<(), ActorProcessingErr> {
         state.touched(&myself);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<UserMsg>,
+        state: &mut UserState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.cancel_timer();
         Ok(())
     }
 

@@ -233,3 +233,22 @@ async fn the_rate_limit_share_survives_a_wake() {
         "this node's bucket runs at a third of the burst of 12"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hibernated_user_leaves_no_task_behind() {
+    let (rooms, _) = node().await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let user = owned_user(&rooms, 0);
+    // Started without sessions (idle timer), then given one (hibernation timer).
+    rooms.user_connect(&user, vec![s(1)], None).await.unwrap();
+    assert!(tasks() > before);
+    until("hibernated", || rooms.users.is_dormant(&user)).await;
+    // Its task is gone, and no timer task holds its mailbox any more.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(tasks(), before);
+}
