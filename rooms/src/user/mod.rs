@@ -242,7 +242,6 @@ impl UserState {
         if !self.draining || self.sessions.is_empty() {
             return None;
         }
-        debug_assert!(nodes_of(&self.sessions) == self.shared_with);
         Some(UserDormant {
             sessions: self.sessions.into_boxed_slice(),
         })
