@@ -93,6 +93,7 @@ pub async fn cluster(state: web::Data<HttpState>) -> HttpResponse {
         "local": {
             "rooms": state.rooms.live_rooms(),
             "users": state.rooms.live_users(),
+            "dormantUsers": state.rooms.dormant_users(),
             "sessions": state.rooms.hub().session_count(),
         },
         "counters": {

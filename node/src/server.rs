@@ -68,6 +68,7 @@ fn rooms_config(cfg: &Config) -> RoomsConfig {
             rate_per_sec: cfg.rate_limit_per_sec,
             burst: cfg.rate_limit_burst,
             idle_timeout: cfg.user_idle_timeout,
+            hibernate_after: cfg.user_hibernate_after,
         },
         restart: RestartPolicy {
             max_restarts: cfg.max_restarts,

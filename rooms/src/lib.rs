@@ -5,7 +5,8 @@
 //!  ├─ Ring            who owns a room/user (rendezvous hash; a ring of one on a single node)
 //!  ├─ Hub             this node's sessions per room; delivers pushes, evicts slow consumers
 //!  ├─ Supervisor<Room>  one Room actor per active room   (restart: one-for-one, 5 per 10 s)
-//!  └─ Supervisor<User>  one User actor per connected user
+//!  └─ Supervisor<User>  one User actor per connected user; quiet ones hibernate (a few
+//!                       bytes of dormant state, no actor) until a message wakes them
 //! ```
 //!
 //! Call rules (so bounded queues can never form a cycle): sessions → rooms and users; rooms →

@@ -10,7 +10,8 @@
 //! 1. rooms this node no longer owns are handed off: they refuse new requests with
 //!    `room_moved`, finish their writes in flight, and stop (the new owner claims the room in
 //!    the store, which fences any write of the old owner that is still on its way);
-//! 2. sessions of departed nodes are dropped from every owned room and user;
+//! 2. sessions of departed nodes are dropped from every owned room and user (a hibernated
+//!    user is woken for it only if it had sessions there);
 //! 3. this node's sessions are registered again with every room and user whose owner changed
 //!    ([`Rooms::sync_registrations`]): the new owner adds them and pushes them `resync`, so
 //!    clients fetch with `resume` whatever was in flight during the move.
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use cluster_proto::wire::{Cast, RemoteMember, Request, Response, RoomHandoff};
 use cluster_proto::{ApiError, ErrorCode, RoomId, SessionId, UserId};
 
+use crate::cluster::ClusterView;
 use crate::facade::{supervisor_error, Rooms};
 use crate::ring::Ring;
 use crate::room::RoomMsg;
@@ -192,9 +194,7 @@ impl Rooms {
                 }
             }
             Cast::UserDisconnect { session, user } => {
-                if let Some(u) = self.users.peek(&user) {
-                    let _ = u.cast(UserMsg::Disconnect { session });
-                }
+                let _ = self.users.cast(&user, UserMsg::Disconnect { session });
             }
             Cast::Reregister { room } => {
                 // Forget the registration: the next sync registers this node's members again.
@@ -231,17 +231,24 @@ impl Rooms {
                 let _ = actor.cast(RoomMsg::NodeDown(n.clone()));
             }
         }
+        let owned = |cluster: &ClusterView, user: &UserId| {
+            cluster.is_local(&cluster.user_owner(user.as_str()))
+        };
         for (user, actor) in self.users.entries() {
-            if !self
-                .cluster
-                .is_local(&self.cluster.user_owner(user.as_str()))
-            {
+            if !owned(&self.cluster, &user) {
                 actor.stop(Some("ownership moved".into()));
-                continue;
             }
-            for n in &gone {
-                let _ = actor.cast(UserMsg::NodeDown(n.clone()));
-            }
+        }
+        self.users
+            .retain_dormant(|user, _| owned(&self.cluster, user));
+        // Through the supervisor, so a user that is hibernating at this moment is not missed;
+        // only dormant users with sessions on the departed node are woken.
+        for n in gone {
+            let cluster = self.cluster.clone();
+            let _ = self.users.broadcast(move |user, dormant| {
+                let concerned = dormant.is_none_or(|d| d.has_sessions_on(&n));
+                (concerned && owned(&cluster, user)).then(|| UserMsg::NodeDown(n.clone()))
+            });
         }
     }
 

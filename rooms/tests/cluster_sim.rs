@@ -9,7 +9,8 @@
 //! * no seq was acknowledged for two different messages.
 //!
 //! Cheap (no sockets, no disk): about 0.5–2 s per seed; 8 seeds by default,
-//! `PARLEY_SIM_SEEDS=200` for a long soak. The multi-process tests in
+//! `PARLEY_SIM_SEEDS=200` for a long soak. User actors hibernate after 20 ms without a message
+//! (`PARLEY_SIM_HIBERNATE_MS` to change it), so they hibernate and wake throughout the schedule. The multi-process tests in
 //! `node/tests/cluster/` cover the real transport (ractor_cluster) and failure detector.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -129,6 +130,15 @@ impl Rng {
     }
 }
 
+/// `UserConfig::hibernate_after` of every node.
+fn hibernate_after() -> Duration {
+    let ms = std::env::var("PARLEY_SIM_HIBERNATE_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    Duration::from_millis(ms)
+}
+
 struct Sim {
     net: Arc<Net>,
     store: MemoryStore,
@@ -149,6 +159,7 @@ impl Sim {
             user: UserConfig {
                 rate_per_sec: 1e9,
                 burst: 1e9,
+                hibernate_after: hibernate_after(),
                 ..UserConfig::default()
             },
             call_timeout: Duration::from_secs(2),
@@ -308,7 +319,8 @@ impl Sim {
     }
 }
 
-async fn run(seed: u64) -> (usize, u64, u64) {
+/// Acknowledged sends, sends, handoffs, and users dormant at the end.
+async fn run(seed: u64) -> (usize, u64, u64, usize) {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut sim = Sim {
         net: Arc::new(Net::default()),
@@ -403,10 +415,11 @@ async fn run(seed: u64) -> (usize, u64, u64) {
                 .load(std::sync::atomic::Ordering::Relaxed)
         })
         .sum();
+    let dormant = sim.nodes.values().map(|r| r.dormant_users()).sum();
     for r in sim.nodes.values() {
         r.stop();
     }
-    (sim.acked.len(), sim.sent, handoffs)
+    (sim.acked.len(), sim.sent, handoffs, dormant)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,16 +428,17 @@ async fn seeded_membership_changes_never_reuse_a_seq_or_lose_an_ack() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
-    let (mut acked, mut sent, mut handoffs) = (0, 0, 0);
+    let (mut acked, mut sent, mut handoffs, mut dormant) = (0, 0, 0, 0);
     for seed in 1..=seeds {
-        let (a, s, h) = run(seed).await;
+        let (a, s, h, d) = run(seed).await;
         acked += a;
         sent += s;
         handoffs += h;
+        dormant += d;
     }
     eprintln!(
         "{seeds} seeds: {acked} of {sent} sends acknowledged, all in history exactly once; \
-         {handoffs} room handoffs (moved or fenced)"
+         {handoffs} room handoffs (moved or fenced); {dormant} users dormant at the ends"
     );
     assert!(
         acked > 0,

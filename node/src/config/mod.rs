@@ -131,6 +131,12 @@ pub struct Config {
     /// Stop a user actor this long after the user's last session. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub user_idle_timeout: Duration,
+    /// Hibernate a user actor after this long without a connect, disconnect or node change
+    /// while the user has sessions: the actor (about 11 KiB) stops and the user's sessions by
+    /// node (about 100 bytes) are kept until the next such event wakes it. Must be > 0.
+    /// Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub user_hibernate_after: Duration,
     /// Deadline of a call to a room or user actor. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
@@ -194,6 +200,7 @@ impl Default for Config {
             typing_ttl: Duration::from_secs(5),
             room_idle_timeout: Duration::from_secs(60),
             user_idle_timeout: Duration::from_secs(60),
+            user_hibernate_after: Duration::from_secs(5),
             call_timeout: Duration::from_secs(5),
             max_restarts: 5,
             restart_period: Duration::from_secs(10),
@@ -269,6 +276,9 @@ impl Config {
         }
         if self.heartbeat_interval.is_zero() || self.client_timeout <= self.heartbeat_interval {
             return bad("client_timeout must be longer than heartbeat_interval (> 0)");
+        }
+        if self.user_hibernate_after.is_zero() {
+            return bad("user_hibernate_after must be > 0");
         }
         if self.history_on_join == 0 || self.max_history_page == 0 || self.max_resume == 0 {
             return bad("history_on_join, max_history_page and max_resume must be > 0");
@@ -396,13 +406,15 @@ mod tests {
         let f = dir.path().join("p.toml");
         std::fs::write(
             &f,
-            "max_text_chars = 10\nheartbeat_interval = \"2s\"\nclient_timeout = \"5s\"\n",
+            "max_text_chars = 10\nheartbeat_interval = \"2s\"\nclient_timeout = \"5s\"\n\
+             user_hibernate_after = \"250ms\"\n",
         )
         .unwrap();
         let flags = Figment::from(Serialized::global("max_text_chars", 20));
         let cfg = Config::load(Some(&f), flags).unwrap();
         assert_eq!(cfg.max_text_chars, 20);
         assert_eq!(cfg.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(cfg.user_hibernate_after, Duration::from_millis(250));
     }
 
     #[test]
@@ -415,6 +427,8 @@ mod tests {
         let flags = Figment::from(Serialized::global("jwt_secret", "short"));
         assert!(Config::load(None, flags).is_err());
         let flags = Figment::from(Serialized::global("client_timeout", "1s"));
+        assert!(Config::load(None, flags).is_err());
+        let flags = Figment::from(Serialized::global("user_hibernate_after", "0s"));
         assert!(Config::load(None, flags).is_err());
         assert!(Config::load(Some(&dir.path().join("missing.toml")), Figment::new()).is_err());
     }

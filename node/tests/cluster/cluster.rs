@@ -320,7 +320,7 @@ impl Cluster {
                 );
             }
             assert_eq!(seen.len(), names.len(), "/cluster on {n}: members {v}");
-            for k in ["rooms", "users", "sessions"] {
+            for k in ["rooms", "users", "dormantUsers", "sessions"] {
                 assert!(v["local"][k].is_u64(), "/cluster on {n}: local.{k}: {v}");
             }
             counters_of(&v, n);

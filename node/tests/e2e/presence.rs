@@ -48,3 +48,49 @@ async fn two_sessions_of_one_user_are_one_member() {
     assert_eq!(t4.event("newMessage").await["text"], "from t3");
     assert_eq!(t3.event("newMessage").await["text"], "from t3");
 }
+
+/// `local` of `GET /cluster`.
+async fn local_counts(node: &Node) -> serde_json::Value {
+    let (code, body) = http_get(&node.http("/cluster")).await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).expect("json")["local"].clone()
+}
+
+/// Waits until `/cluster` shows `live` user actors and `dormant` hibernated users.
+async fn users_become(node: &Node, live: u64, dormant: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let local = local_counts(node).await;
+        if local["users"] == live && local["dormantUsers"] == dormant {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "users never became {live} live, {dormant} dormant: {local}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_user_hibernates_and_its_disconnect_still_counts() {
+    let node = Node::start(&["--set", "user_hibernate_after=\"200ms\""]).await;
+    let mut bob = Client::connect(&node, "bob").await;
+    bob.join("r").await;
+    let mut alice = Client::connect(&node, "alice").await;
+    alice.join("r").await;
+    bob.event("userJoined").await;
+    users_become(&node, 0, 2).await;
+    assert_eq!(
+        metric(&node, "parley_dormant_actors{kind=\"user\"}").await,
+        2.0
+    );
+    // Nothing a session does needs its user actor awake.
+    alice.say("r", "still here").await;
+    assert_eq!(bob.event("newMessage").await["text"], "still here");
+    // Alice's disconnect wakes her user actor, which drops the session and stays up (no
+    // sessions left: it stops after user_idle_timeout, keeping nothing); bob sleeps on.
+    drop(alice);
+    bob.event("userLeft").await;
+    users_become(&node, 1, 1).await;
+}

@@ -27,7 +27,7 @@ use crate::cluster::ClusterView;
 use crate::hub::Hub;
 use crate::room::{Room, RoomArgs, RoomConfig, RoomDeps, RoomMsg};
 use crate::supervisor::{ChildSpec, Directory, RestartPolicy, SupervisorError};
-use crate::user::{Buckets, User, UserArgs, UserConfig, UserMsg};
+use crate::user::{Buckets, UserConfig, UserMsg, UserSpec};
 
 mod users;
 
@@ -66,38 +66,16 @@ pub(crate) struct RoomSpec(Arc<RoomDeps>);
 impl ChildSpec for RoomSpec {
     type Key = RoomId;
     type Child = Room;
+    type Dormant = ();
     const KIND: &'static str = "room";
     fn child(&self) -> Room {
         Room
     }
-    fn args(&self, key: &RoomId, restarted: bool) -> RoomArgs {
+    fn args(&self, key: &RoomId, restarted: bool, _dormant: Option<()>) -> RoomArgs {
         RoomArgs {
             room: key.clone(),
             deps: self.0.clone(),
             restarted,
-        }
-    }
-}
-
-pub(crate) struct UserSpec {
-    cfg: UserConfig,
-    cluster: Arc<ClusterView>,
-    buckets: Arc<Buckets>,
-}
-
-impl ChildSpec for UserSpec {
-    type Key = UserId;
-    type Child = User;
-    const KIND: &'static str = "user";
-    fn child(&self) -> User {
-        User
-    }
-    fn args(&self, key: &UserId, _restarted: bool) -> UserArgs {
-        UserArgs {
-            user: key.clone(),
-            cfg: self.cfg.clone(),
-            cluster: self.cluster.clone(),
-            buckets: self.buckets.clone(),
         }
     }
 }
@@ -170,11 +148,7 @@ impl Rooms {
         let rooms = Directory::start(RoomSpec(deps.clone()), cfg.restart).await?;
         let buckets = Arc::new(Buckets::new(cfg.user.rate_per_sec, cfg.user.burst));
         let users = Directory::start(
-            UserSpec {
-                cfg: cfg.user.clone(),
-                cluster: cluster.clone(),
-                buckets: buckets.clone(),
-            },
+            UserSpec::new(cfg.user.clone(), cluster.clone(), buckets.clone()),
             cfg.restart,
         )
         .await?;
@@ -212,6 +186,11 @@ impl Rooms {
     /// Live user actors on this node.
     pub fn live_users(&self) -> usize {
         self.users.len()
+    }
+
+    /// Users owned by this node whose actor hibernated (sessions kept, no actor).
+    pub fn dormant_users(&self) -> usize {
+        self.users.dormant_len()
     }
 
     /// The local room actor, if this node owns the room in its current view.
@@ -304,9 +283,8 @@ impl Rooms {
         }
         let owner = self.cluster.user_owner(user.as_str());
         if self.cluster.is_local(&owner) {
-            if let Some(u) = self.users.peek(user) {
-                let _ = u.cast(UserMsg::Disconnect { session });
-            }
+            // Reaches the user's actor even if it hibernated (woken) or is draining.
+            let _ = self.users.cast(user, UserMsg::Disconnect { session });
         } else {
             self.cluster.cast(
                 &owner,

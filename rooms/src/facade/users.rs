@@ -62,6 +62,12 @@ impl Rooms {
     }
 
     /// Registers sessions with the local user actor.
+    ///
+    /// Two attempts are enough for an actor that starts draining (to hibernate or stop) between
+    /// `get` and `call`: the call is refused at once, and the second `get` waits for the actor's
+    /// exit and gets its successor, woken with the sessions it kept. (A call already queued when
+    /// the drain began is still answered.) If both fail, the periodic `sync_registrations`
+    /// retries.
     pub(crate) async fn user_connect(
         &self,
         user: &UserId,
