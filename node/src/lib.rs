@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod memory;
 pub mod server;
 pub mod telemetry;
 pub mod upgrade;

@@ -355,6 +355,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .run();
     let handle = server.handle();
     let server_task = tokio::spawn(server);
+    let janitor = tokio::spawn(crate::memory::janitor(rooms.clone()));
     if test_hooks {
         warn!("test hooks are enabled: /debug endpoints can crash rooms");
     }
@@ -379,6 +380,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         );
     }
     handle.stop(true).await;
+    janitor.abort();
     let _ = server_task.await;
     rooms.stop();
     if let Some(c) = &cluster {
