@@ -174,7 +174,11 @@ struct Report {
     server_rss_before_kib: Option<u64>,
     server_rss_after_kib: Option<u64>,
     server_rss_end_kib: Option<u64>,
+    /// From the RSS right after the last connection opened.
     server_kib_per_connection: Option<f64>,
+    /// From the RSS at the end of the hold: the idle steady state (after the server's idle
+    /// actors hibernated and it gave freed memory back).
+    server_kib_per_idle_connection: Option<f64>,
 }
 
 pub async fn run(a: Args) -> Result<()> {
@@ -245,12 +249,13 @@ pub async fn run(a: Args) -> Result<()> {
     let nworkers = w.len();
     w.finish(Duration::from_secs(5)).await;
 
-    let per_conn = match (rss_before, rss_after) {
+    let per = |rss: Option<u64>| match (rss_before, rss) {
         (Some(b), Some(a)) if connected > 0 => {
             Some(((a as f64 - b as f64) / connected as f64 * 100.0).round() / 100.0)
         }
         _ => None,
     };
+    let (per_conn, per_idle_conn) = (per(rss_after), per(rss_end));
     let rep = Report {
         scenario: "connect",
         protocol: c.protocol.name(),
@@ -270,6 +275,7 @@ pub async fn run(a: Args) -> Result<()> {
         server_rss_after_kib: rss_after,
         server_rss_end_kib: rss_end,
         server_kib_per_connection: per_conn,
+        server_kib_per_idle_connection: per_idle_conn,
     };
     report::print(c.json, &rep, &table(&rep))
 }
@@ -305,6 +311,10 @@ fn table(r: &Report) -> Table {
     t.row(
         "RSS per connection",
         report::opt(r.server_kib_per_connection, " KiB"),
+    );
+    t.row(
+        "RSS per connection, end of hold",
+        report::opt(r.server_kib_per_idle_connection, " KiB"),
     );
     t
 }
