@@ -21,8 +21,7 @@ use cluster_proto::api::JoinReply;
 use cluster_proto::rate::TokenBucket;
 use cluster_proto::{ApiError, ErrorCode, Member, Push, PushKind, RoomId, SessionId};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, Notify};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{watch, Notify};
 use tokio_stream::StreamExt;
 
 use crate::backend::BackendFuture;
@@ -150,13 +149,13 @@ where
 pub(crate) fn watch_outbox<A>(
     act: &A,
     ctx: &mut A::Context,
-    rx: mpsc::Receiver<Arc<Push>>,
+    rx: crate::outbox::OutboxRx,
     evicted: Arc<Notify>,
 ) where
     A: ChatTransport + StreamHandler<Outbound>,
     A::Context: AsyncContext<A>,
 {
-    ctx.add_stream(ReceiverStream::new(rx).map(Outbound));
+    ctx.add_stream(rx.map(Outbound));
     async move { evicted.notified().await }
         .into_actor(act)
         .map(|_, act: &mut A, ctx: &mut A::Context| act.close(ctx, CloseReason::SlowConsumer))

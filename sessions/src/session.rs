@@ -14,7 +14,7 @@ use cluster_proto::api::JoinReply;
 use cluster_proto::rate::TokenBucket;
 use cluster_proto::{ApiError, ErrorCode, Member, Push, PushKind, RoomId, SessionId};
 use serde::Serialize;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::chat::{self, ChatCore, ChatTransport, Outbound, ShutdownSignal};
 use crate::close::CloseReason;
@@ -27,7 +27,7 @@ use crate::stats::stats;
 
 pub struct WsSession {
     chat: ChatCore,
-    outbox_rx: Option<mpsc::Receiver<Arc<Push>>>,
+    outbox_rx: Option<crate::outbox::OutboxRx>,
     evicted: Arc<Notify>,
     kill: Arc<KillSwitch>,
     last_heard: Instant,
