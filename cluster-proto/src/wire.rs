@@ -219,6 +219,9 @@ pub enum Cast {
     /// From a user's owner: the user has sessions on `nodes` nodes; run its bucket at that
     /// share of the limit.
     UserShare { user: UserId, nodes: u32 },
+    /// From a user's owner whose user actor restarted (after a panic, with its sessions lost):
+    /// register your sessions of `user` again.
+    ReregisterUser { user: UserId },
 }
 
 /// A request with its sender.
@@ -390,6 +393,19 @@ mod tests {
         let pong = Response::Pong { leaving: true };
         assert_eq!(encode_response(&pong).unwrap(), GOLDEN_PONG);
         assert_eq!(decode_response(GOLDEN_PONG).unwrap(), pong);
+    }
+
+    /// Variants added after protocol 1's first release sit at the end of their enum.
+    #[test]
+    fn later_variants_keep_the_earlier_indexes() {
+        let c = Cast::ReregisterUser {
+            user: UserId::new("u").unwrap(),
+        };
+        assert_eq!(
+            encode_cast("a", c.clone()).unwrap(),
+            [1, 1, b'a', 8, 1, b'u']
+        );
+        assert_eq!(decode_cast(&[1, 1, b'a', 8, 1, b'u']).unwrap().cast, c);
     }
 
     const GOLDEN_PING: &[u8] = &[1, 1, b'a', 1, 0];

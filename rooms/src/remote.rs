@@ -204,6 +204,13 @@ impl Rooms {
                     .remove(&room);
             }
             Cast::UserShare { user, nodes } => self.buckets.set_share(&user, nodes),
+            Cast::ReregisterUser { user } => {
+                // Forget the registration: the next sync registers this node's sessions again.
+                self.users_registered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&user);
+            }
             Cast::Leaving => {
                 // Handled by the cluster layer (it changes the membership).
                 tracing::debug!(%from, "leaving frame reached the room layer");

@@ -95,7 +95,7 @@ pub struct Rooms {
     /// `remote::sync_registrations`).
     pub(crate) registered: Mutex<HashMap<RoomId, Arc<str>>>,
     /// Per user with sessions here: the owner they were last registered with.
-    pub(crate) users_registered: Mutex<HashMap<UserId, Arc<str>>>,
+    pub(crate) users_registered: Arc<Mutex<HashMap<UserId, Arc<str>>>>,
 }
 
 pub(crate) fn supervisor_error(e: SupervisorError) -> ApiError {
@@ -147,8 +147,14 @@ impl Rooms {
         });
         let rooms = Directory::start(RoomSpec(deps.clone()), cfg.restart).await?;
         let buckets = Arc::new(Buckets::new(cfg.user.rate_per_sec, cfg.user.burst));
+        let users_registered = Arc::new(Mutex::new(HashMap::new()));
         let users = Directory::start(
-            UserSpec::new(cfg.user.clone(), cluster.clone(), buckets.clone()),
+            UserSpec::new(
+                cfg.user.clone(),
+                cluster.clone(),
+                buckets.clone(),
+                users_registered.clone(),
+            ),
             cfg.restart,
         )
         .await?;
@@ -162,7 +168,7 @@ impl Rooms {
             room_deps: deps,
             buckets,
             registered: Mutex::new(HashMap::new()),
-            users_registered: Mutex::new(HashMap::new()),
+            users_registered,
         }))
     }
 

@@ -30,8 +30,8 @@
 //! which the next message for the user starts it again. A panic loses the in-memory state, as
 //! it always did: the actor restarts with no sessions.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cluster_proto::wire::Cast;
@@ -91,6 +91,9 @@ pub enum UserMsg {
     Sessions(RpcReplyPort<Vec<(SessionId, Option<Arc<str>>)>>),
     /// The actor's own timer: stop or hibernate if it has been quiet long enough.
     IdleCheck,
+    /// Unit tests: fail the handler, as a bug would.
+    #[cfg(test)]
+    Crash,
 }
 
 impl ractor::Message for UserMsg {}
@@ -329,6 +332,8 @@ impl Actor for User {
                 state.idle_check(&myself);
                 return Ok(());
             }
+            #[cfg(test)]
+            UserMsg::Crash => return Err("injected failure".into()),
         }
         state.touched(&myself);
         Ok(())
@@ -340,15 +345,39 @@ pub(crate) struct UserSpec {
     cfg: UserConfig,
     cluster: Arc<ClusterView>,
     buckets: Arc<Buckets>,
+    /// This node's registrations of its sessions with users' owners (shared with `Rooms`).
+    registered: Arc<Mutex<HashMap<UserId, Arc<str>>>>,
 }
 
 impl UserSpec {
-    pub(crate) fn new(cfg: UserConfig, cluster: Arc<ClusterView>, buckets: Arc<Buckets>) -> Self {
+    pub(crate) fn new(
+        cfg: UserConfig,
+        cluster: Arc<ClusterView>,
+        buckets: Arc<Buckets>,
+        registered: Arc<Mutex<HashMap<UserId, Arc<str>>>>,
+    ) -> Self {
         Self {
             cfg,
             cluster,
             buckets,
+            registered,
         }
+    }
+
+    /// A user actor restarted after a panic has lost the user's sessions: every node (this one
+    /// included) forgets its registration with it, so its next `sync_registrations` (every
+    /// second) registers its sessions of the user again.
+    fn ask_for_registrations(&self, user: &UserId) {
+        self.registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
+        let ring = self.cluster.ring();
+        let local = self.cluster.local().clone();
+        self.cluster.cast_to(
+            ring.nodes().filter(|n| *n != &*local),
+            Cast::ReregisterUser { user: user.clone() },
+        );
     }
 }
 
@@ -360,7 +389,10 @@ impl ChildSpec for UserSpec {
     fn child(&self) -> User {
         User
     }
-    fn args(&self, key: &UserId, _restarted: bool, dormant: Option<UserDormant>) -> UserArgs {
+    fn args(&self, key: &UserId, restarted: bool, dormant: Option<UserDormant>) -> UserArgs {
+        if restarted {
+            self.ask_for_registrations(key);
+        }
         UserArgs {
             user: key.clone(),
             cfg: self.cfg.clone(),

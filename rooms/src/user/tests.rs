@@ -252,3 +252,61 @@ async fn a_hibernated_user_leaves_no_task_behind() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(tasks(), before);
 }
+
+/// Counts pushes; the restart test only needs a live session in the hub.
+struct NullSink;
+
+impl cluster_proto::PushSink for NullSink {
+    fn try_push(&self, _: &Arc<cluster_proto::Push>) -> Result<(), cluster_proto::PushError> {
+        Ok(())
+    }
+    fn evict(&self) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_user_gets_every_nodes_sessions_registered_again() {
+    let (rooms, peers) = node().await;
+    let user = owned_user(&rooms, 0);
+    let member = cluster_proto::Member {
+        user_id: user.clone(),
+        username: "U".into(),
+    };
+    rooms
+        .connect(s(1), &member, Arc::new(NullSink))
+        .await
+        .unwrap();
+    remote_connect(&rooms, "b", &user, vec![s(2)]).await;
+    peers.0.lock().unwrap().clear();
+
+    // A bug fails the actor: the supervisor restarts it with nothing.
+    let actor = rooms.users.get(&user).await.unwrap();
+    actor.cast(UserMsg::Crash).unwrap();
+    until("restarted", || {
+        rooms
+            .users
+            .peek(&user)
+            .is_some_and(|a| a.get_id() != actor.get_id())
+    })
+    .await;
+    assert_eq!(sessions(&rooms, &user).await, []);
+
+    // It asked the peers to register again...
+    let asked: Vec<String> = std::mem::take(&mut *peers.0.lock().unwrap())
+        .into_iter()
+        .filter_map(|(to, c)| match c {
+            Cast::ReregisterUser { user: u } if u == user => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, ["b", "c"]);
+    // ...and this node registers its own session with the next sync.
+    assert!(rooms.sync_registrations().await >= 1);
+    assert_eq!(sessions(&rooms, &user).await, [(s(1), None)]);
+    // A peer that got the cast forgets its registration and sends it again (here by hand).
+    rooms.handle_cast("b", Cast::ReregisterUser { user: user.clone() });
+    remote_connect(&rooms, "b", &user, vec![s(2)]).await;
+    assert_eq!(
+        sessions(&rooms, &user).await,
+        [(s(1), None), (s(2), Some("b".to_string()))]
+    );
+}
