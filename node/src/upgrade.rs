@@ -305,15 +305,20 @@ impl Pump {
     /// what it produces; ready when the session has ended.
     fn poll_session(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let mut progress = false;
-            while !self.body_done && self.queued < PAUSE_AT {
+            // Poll the session until it has nothing more (its waker is then registered) or
+            // until PAUSE_AT bytes wait for the socket.
+            let mut paused = false;
+            while !self.body_done {
+                if self.queued >= PAUSE_AT {
+                    paused = true;
+                    break;
+                }
                 match Pin::new(&mut self.body).poll_next(cx) {
                     Poll::Ready(Some(Ok(b))) => {
                         if !b.is_empty() {
                             self.queued += b.len();
                             self.queue.push_back(b);
                         }
-                        progress = true;
                     }
                     Poll::Ready(Some(Err(e))) => {
                         return Poll::Ready(Err(io::Error::other(e.to_string())))
@@ -325,12 +330,10 @@ impl Pump {
             if self.body_done {
                 return Poll::Ready(Ok(()));
             }
-            match self.write_some(cx)? {
-                0 => {}
-                _ => progress = true,
-            }
-            // Written below the mark while the session was paused: poll it again.
-            if !progress {
+            let wrote = self.write_some(cx)?;
+            // Polled again only if it was paused and writing made room: each poll runs the
+            // whole actor context, so a session that said Pending is left to its waker.
+            if !(paused && wrote > 0 && self.queued < PAUSE_AT) {
                 return Poll::Pending;
             }
         }
