@@ -90,6 +90,18 @@ pub trait ChildSpec: Send + Sync + 'static {
         let _ = (key, state);
         None
     }
+    /// Handles a message for a dormant child without waking it, when the kind can: `Ok(true)`
+    /// keeps the (changed) dormant state, `Ok(false)` forgets the key (nothing left to keep),
+    /// `Err(msg)` hands the message back to wake the child with it (the state untouched).
+    fn apply_dormant(
+        &self,
+        key: &Self::Key,
+        dormant: &mut Self::Dormant,
+        msg: <Self::Child as Actor>::Msg,
+    ) -> Result<bool, <Self::Child as Actor>::Msg> {
+        let _ = (key, dormant);
+        Err(msg)
+    }
 }
 
 /// Restart limits, per key.
@@ -285,14 +297,36 @@ impl<S: ChildSpec> Supervisor<S> {
                 }
             }
             None if !state.shared.is_dormant(&key) => {}
-            None if self.in_crash_loop(state, &key) => {
-                tracing::debug!(kind = S::KIND, %key, "crash loop; message dropped");
-            }
             None => {
-                self.start(myself, state, key, false, vec![Waiting::Deliver(msg)])
-                    .await
+                let Some(mut d) = state.shared.take_dormant(&key) else {
+                    return;
+                };
+                match self.spec.apply_dormant(&key, &mut d, msg) {
+                    Ok(true) => state.shared.put_dormant(key, d),
+                    Ok(false) => {}
+                    Err(msg) => {
+                        state.shared.put_dormant(key.clone(), d);
+                        self.wake(myself, state, key, msg).await;
+                    }
+                }
             }
         }
+    }
+
+    /// Starts the dormant child of `key` with `msg` as its first message.
+    async fn wake(
+        &self,
+        myself: &ActorRef<SupervisorMsg<S>>,
+        state: &mut SupervisorState<S>,
+        key: S::Key,
+        msg: ChildMsg<S>,
+    ) {
+        if self.in_crash_loop(state, &key) {
+            tracing::debug!(kind = S::KIND, %key, "crash loop; message dropped");
+            return;
+        }
+        self.start(myself, state, key, false, vec![Waiting::Deliver(msg)])
+            .await
     }
 
     async fn broadcast(

@@ -401,6 +401,33 @@ impl ChildSpec for UserSpec {
             dormant,
         }
     }
+    /// A disconnect that leaves the user's sessions on the same nodes needs no actor: nobody's
+    /// share of the rate limit changes. The last session gone, the user is forgotten (a
+    /// reconnect starts it afresh). Anything else wakes the actor.
+    fn apply_dormant(
+        &self,
+        _key: &UserId,
+        dormant: &mut UserDormant,
+        msg: UserMsg,
+    ) -> Result<bool, UserMsg> {
+        let UserMsg::Disconnect { session } = msg else {
+            return Err(msg);
+        };
+        let kept: Sessions = dormant
+            .sessions
+            .iter()
+            .filter(|(s, _)| *s != session)
+            .cloned()
+            .collect();
+        if kept.is_empty() {
+            return Ok(false);
+        }
+        if nodes_of(&kept) != nodes_of(&dormant.sessions.to_vec()) {
+            return Err(msg);
+        }
+        dormant.sessions = kept.into_boxed_slice();
+        Ok(true)
+    }
     fn dormant(&self, key: &UserId, mut state: BoxedState) -> Option<UserDormant> {
         // Kept only while this node owns the user: ownership may have moved while it drained
         // (the new owner gets the sessions registered again).

@@ -150,8 +150,10 @@ async fn a_quiet_user_hibernates_and_a_disconnect_still_reaches_it() {
     until("hibernated", || rooms.users.is_dormant(&user)).await;
     assert_eq!((rooms.live_users(), rooms.dormant_users()), (0, 1));
 
+    // A disconnect that leaves the user on the same nodes is applied without waking it.
     rooms.disconnect(s(1), &user);
-    until("woken", || rooms.users.peek(&user).is_some()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(rooms.users.is_dormant(&user), "still dormant");
     assert_eq!(sessions(&rooms, &user).await, [(s(2), None)]);
     assert_eq!(rooms.dormant_users(), 0);
 
@@ -176,8 +178,39 @@ async fn a_remote_disconnect_reaches_a_dormant_user() {
             user: user.clone(),
         },
     );
-    until("woken", || rooms.users.peek(&user).is_some()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        rooms.users.is_dormant(&user),
+        "applied to the dormant state"
+    );
     assert_eq!(sessions(&rooms, &user).await, [(s(11), Some("b".into()))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dormant_user_wakes_when_its_nodes_change_and_is_forgotten_with_its_last_session() {
+    let (rooms, peers) = node().await;
+    let user = owned_user(&rooms, 0);
+    rooms.user_connect(&user, vec![s(1)], None).await.unwrap();
+    remote_connect(&rooms, "b", &user, vec![s(2)]).await;
+    until("hibernated", || rooms.users.is_dormant(&user)).await;
+    peers.take_shares();
+
+    // b's last session leaves: b's and this node's shares change, so the actor must run.
+    rooms.handle_cast(
+        "b",
+        Cast::UserDisconnect {
+            session: s(2),
+            user: user.clone(),
+        },
+    );
+    until("woken", || rooms.users.peek(&user).is_some()).await;
+    assert_eq!(sessions(&rooms, &user).await, [(s(1), None)]);
+
+    // Dormant again, its last session leaves: nothing is kept, no actor is started.
+    until("hibernated again", || rooms.users.is_dormant(&user)).await;
+    rooms.disconnect(s(1), &user);
+    until("forgotten", || !rooms.users.is_dormant(&user)).await;
+    assert_eq!((rooms.live_users(), rooms.dormant_users()), (0, 0));
 }
 
 #[tokio::test(start_paused = true)]
