@@ -88,9 +88,9 @@ async fn a_quiet_user_hibernates_and_its_disconnect_still_counts() {
     // Nothing a session does needs its user actor awake.
     alice.say("r", "still here").await;
     assert_eq!(bob.event("newMessage").await["text"], "still here");
-    // Alice's disconnect wakes her user actor, which drops the session and stays up (no
-    // sessions left: it stops after user_idle_timeout, keeping nothing); bob sleeps on.
+    // Alice's disconnect of her last session is applied without waking her user actor: she is
+    // forgotten at once (nothing left to keep); bob sleeps on.
     drop(alice);
     bob.event("userLeft").await;
-    users_become(&node, 1, 1).await;
+    users_become(&node, 0, 1).await;
 }
