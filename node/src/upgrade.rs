@@ -4,7 +4,7 @@
 //! constants in `h1/dispatcher.rs`) and keeps them, with the whole dispatcher task, for the
 //! life of a WebSocket. Measured with heaptrack at 3,000 idle sessions, that was 16,384 B of
 //! buffers plus a 2.3 KiB task per connection: the largest part of a node's memory per idle
-//! connection (BENCHMARKS.md, "Memory per idle connection").
+//! connection (BENCHMARKS.md, "Memory per connection: where it goes, and what was done").
 //!
 //! So the HTTP service is built with an upgrade handler. actix-http hands the socket over at
 //! a WebSocket upgrade request; this module
@@ -16,7 +16,7 @@
 //! 3. drives the session on a small task of its own (the dispatcher's task ends, and its
 //!    buffers are freed): the session reads through [`SocketInput`], which holds no buffer
 //!    while the socket is idle (a read lands in a stack buffer and is copied into a `Bytes` of
-//!    exactly its length), and [`pump`] writes the frames the session produced with vectored
+//!    exactly its length), and a pump writes the frames the session produced with vectored
 //!    writes, straight from the context's buffers.
 //!
 //! Backpressure is the dispatcher's: the session is not polled while more than
