@@ -171,6 +171,18 @@ pub struct SupervisorState<S: ChildSpec> {
     waiting: HashMap<S::Key, Vec<Waiting<S>>>,
 }
 
+impl<S: ChildSpec> SupervisorState<S> {
+    /// Whether requests for `key` wait for its child's exit.
+    fn is_waiting(&self, key: &S::Key) -> bool {
+        self.waiting.contains_key(key)
+    }
+
+    /// Queues `w` behind the exit of the key's draining child (after what already waits).
+    fn park(&mut self, key: S::Key, w: Waiting<S>) {
+        self.waiting.entry(key).or_default().push(w);
+    }
+}
+
 fn alive(cell: &ActorCell) -> bool {
     matches!(
         cell.get_status(),
@@ -250,18 +262,14 @@ impl<S: ChildSpec> Supervisor<S> {
         key: S::Key,
         reply: Reply<S>,
     ) {
-        if let Some(q) = state.waiting.get_mut(&key) {
-            return q.push(Waiting::Get(reply));
+        if state.is_waiting(&key) {
+            return state.park(key, Waiting::Get(reply));
         }
         match state.shared.registered(&key) {
             Some(child) if alive(&child.get_cell()) => {
                 let _ = reply.send(Ok(child));
             }
-            Some(_) => state
-                .waiting
-                .entry(key)
-                .or_default()
-                .push(Waiting::Get(reply)),
+            Some(_) => state.park(key, Waiting::Get(reply)),
             None if self.in_crash_loop(state, &key) => {
                 let _ = reply.send(Err(SupervisorError::CrashLoop {
                     kind: S::KIND,
@@ -282,18 +290,14 @@ impl<S: ChildSpec> Supervisor<S> {
         key: S::Key,
         msg: ChildMsg<S>,
     ) {
-        if let Some(q) = state.waiting.get_mut(&key) {
-            return q.push(Waiting::Deliver(msg));
+        if state.is_waiting(&key) {
+            return state.park(key, Waiting::Deliver(msg));
         }
         match state.shared.registered(&key) {
             Some(child) => {
                 if let Err(MessagingErr::SendErr(msg)) = child.cast(msg) {
                     // Draining or stopping: its exit will come, and the next child gets this.
-                    state
-                        .waiting
-                        .entry(key)
-                        .or_default()
-                        .push(Waiting::Deliver(msg));
+                    state.park(key, Waiting::Deliver(msg));
                 }
             }
             None if !state.shared.is_dormant(&key) => {}
