@@ -342,6 +342,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                     let factory = map_config(upgrade_app(), |_| AppConfig::default());
                     let live = live.clone();
                     async move {
+                        // On the worker thread: its sessions are woken through its doorbell.
+                        sessions::doorbell::Doorbell::install();
                         let app = Rc::new(factory.new_service(()).await?);
                         Ok::<_, ()>(fn_service(move |(req, framed)| {
                             upgrade::hand_over(app.clone(), live.clone(), req, framed);

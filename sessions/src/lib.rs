@@ -19,6 +19,7 @@ pub mod backend;
 mod chat;
 pub mod close;
 pub mod conn;
+pub mod doorbell;
 pub mod endpoint;
 mod fragments;
 pub mod limits;

@@ -18,6 +18,7 @@ use futures::Stream;
 use tokio::sync::Notify;
 
 use crate::conn::KillSwitch;
+use crate::doorbell::Doorbell;
 
 /// Keep at most this much queue capacity while the queue is empty (pushes, 8 B each).
 const IDLE_CAPACITY: usize = 16;
@@ -45,6 +46,8 @@ pub struct OutboxEnds {
 /// for a push or a pop only.
 struct Queue {
     cap: usize,
+    /// The reader's worker thread's doorbell: wakes from other threads go through it.
+    doorbell: Option<Arc<Doorbell>>,
     state: Mutex<QueueState>,
 }
 
@@ -69,6 +72,7 @@ impl Outbox {
     pub fn new(capacity: usize, kill: KillSwitch, grace: Duration) -> (Arc<Outbox>, OutboxEnds) {
         let queue = Arc::new(Queue {
             cap: capacity.max(1),
+            doorbell: Doorbell::current(),
             state: Mutex::new(QueueState::default()),
         });
         let evicted = Arc::new(Notify::new());
@@ -111,7 +115,10 @@ impl PushSink for Outbox {
             st.reader.take()
         };
         if let Some(w) = waker {
-            w.wake();
+            match &self.queue.doorbell {
+                Some(bell) => bell.wake(w),
+                None => w.wake(),
+            }
         }
         Ok(())
     }
