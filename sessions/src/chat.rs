@@ -118,8 +118,8 @@ pub(crate) trait ChatTransport: Actor + Sized {
     fn close(&mut self, ctx: &mut Self::Context, reason: CloseReason);
 }
 
-/// A push from the session's outbox.
-pub(crate) struct Outbound(pub Arc<Push>);
+/// Pushes from the session's outbox, oldest first.
+pub(crate) struct Outbound(pub crate::outbox::Batch);
 
 impl Message for Outbound {
     type Result = ();
@@ -144,7 +144,7 @@ where
     }));
 }
 
-/// Delivers the outbox's pushes to the actor as [`Outbound`], and closes the session as a
+/// Delivers the outbox's pushes to the actor as [`Outbound`] batches, and closes the session as a
 /// slow consumer when the room layer evicts it.
 pub(crate) fn watch_outbox<A>(
     act: &A,

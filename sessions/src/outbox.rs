@@ -20,9 +20,6 @@ use tokio::sync::Notify;
 use crate::conn::KillSwitch;
 use crate::doorbell::Doorbell;
 
-/// Keep at most this much queue capacity while the queue is empty (pushes, 8 B each).
-const IDLE_CAPACITY: usize = 16;
-
 pub struct Outbox {
     queue: Arc<Queue>,
     evicted: Arc<Notify>,
@@ -129,20 +126,23 @@ impl PushSink for Outbox {
     }
 }
 
-/// The session's end of its outbox: the pushes in order; ends when the outbox is dropped
-/// and drained.
+/// The session's end of its outbox: the pushes in order, as batches of everything queued when
+/// the session looked (one lock, one actor message and one pass of the session's encoder per
+/// batch, not per push); ends when the outbox is dropped and drained.
 pub struct OutboxRx(Arc<Queue>);
 
-impl Stream for OutboxRx {
-    type Item = Arc<Push>;
+/// Pushes taken from the outbox at once, oldest first.
+pub type Batch = VecDeque<Arc<Push>>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<Push>>> {
+impl Stream for OutboxRx {
+    type Item = Batch;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Batch>> {
         let mut st = self.0.state();
-        if let Some(p) = st.items.pop_front() {
-            if st.items.is_empty() && st.items.capacity() > IDLE_CAPACITY {
-                st.items = VecDeque::new();
-            }
-            return Poll::Ready(Some(p));
+        if !st.items.is_empty() {
+            // The producers start a new queue (allocated by the next push); the batch's memory
+            // goes when the session has handled it, so nothing is held while idle.
+            return Poll::Ready(Some(std::mem::take(&mut st.items)));
         }
         if st.writer_gone {
             return Poll::Ready(None);
@@ -187,7 +187,12 @@ mod tests {
             o.try_push(p).unwrap();
         }
         drop(o);
-        let got: Vec<_> = (&mut rx).collect().await;
+        let got: Vec<_> = (&mut rx)
+            .collect::<Vec<Batch>>()
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         assert_eq!(got.len(), 5);
         for (a, b) in got.iter().zip(&sent) {
             assert!(Arc::ptr_eq(a, b));
@@ -207,7 +212,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_reader_is_woken_by_a_push_from_another_thread() {
         let (o, mut rx) = outbox(4);
-        let reader = tokio::spawn(async move { rx.next().await.is_some() });
+        let reader = tokio::spawn(async move { rx.next().await.is_some_and(|b| b.len() == 1) });
         tokio::time::sleep(Duration::from_millis(20)).await;
         std::thread::spawn(move || o.try_push(&push(1)).unwrap())
             .join()
@@ -216,14 +221,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_drained_queue_gives_its_capacity_back() {
+    async fn a_batch_takes_everything_queued_and_leaves_no_buffer() {
         let (o, mut rx) = outbox(1024);
         for n in 0..500 {
             o.try_push(&push(n)).unwrap();
         }
-        for _ in 0..500 {
-            rx.next().await.unwrap();
-        }
-        assert!(rx.0.state().items.capacity() <= IDLE_CAPACITY);
+        let batch = rx.next().await.unwrap();
+        assert_eq!(batch.len(), 500);
+        assert!(batch.iter().zip(0..).all(|(p, n)| p.seq == Some(n)));
+        assert_eq!(rx.0.state().items.capacity(), 0);
+        o.try_push(&push(500)).unwrap();
+        assert_eq!(rx.next().await.unwrap().len(), 1);
     }
 }

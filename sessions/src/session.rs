@@ -178,8 +178,10 @@ impl Actor for WsSession {
 }
 
 impl StreamHandler<Outbound> for WsSession {
-    fn handle(&mut self, Outbound(p): Outbound, ctx: &mut Self::Context) {
-        chat::push(self, ctx, p);
+    fn handle(&mut self, Outbound(batch): Outbound, ctx: &mut Self::Context) {
+        for p in batch {
+            chat::push(self, ctx, p);
+        }
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {

@@ -583,8 +583,10 @@ impl Handler<Kill> for EngineSession {
 }
 
 impl StreamHandler<Outbound> for EngineSession {
-    fn handle(&mut self, Outbound(p): Outbound, ctx: &mut Self::Context) {
-        chat::push(self, ctx, p);
+    fn handle(&mut self, Outbound(batch): Outbound, ctx: &mut Self::Context) {
+        for p in batch {
+            chat::push(self, ctx, p);
+        }
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}
