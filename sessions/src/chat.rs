@@ -45,7 +45,8 @@ pub(crate) struct ChatCore {
     pub(crate) member: Member,
     pub(crate) ctx: Arc<SessionsContext>,
     bucket: Arc<TokenBucket>,
-    rooms: HashMap<RoomId, RoomPhase>,
+    /// Looked up for every push: a fast hash (keys are the session's own rooms, a few).
+    rooms: HashMap<RoomId, RoomPhase, foldhash::fast::RandomState>,
     inflight: usize,
     consecutive_errors: u32,
 }
@@ -62,7 +63,7 @@ impl ChatCore {
             member,
             ctx,
             bucket,
-            rooms: HashMap::new(),
+            rooms: HashMap::default(),
             inflight: 0,
             consecutive_errors: 0,
         }

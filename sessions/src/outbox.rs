@@ -20,6 +20,9 @@ use tokio::sync::Notify;
 use crate::conn::KillSwitch;
 use crate::doorbell::Doorbell;
 
+/// Capacity of a new batch (pushes, 8 B each): fewer regrowths under load.
+const FIRST_CAPACITY: usize = 8;
+
 pub struct Outbox {
     queue: Arc<Queue>,
     evicted: Arc<Notify>,
@@ -107,6 +110,10 @@ impl PushSink for Outbox {
             }
             if st.items.len() >= self.queue.cap {
                 return Err(PushError::Full);
+            }
+            if st.items.capacity() == 0 {
+                // The reader took the last batch: start the next one with room for a few.
+                st.items.reserve_exact(FIRST_CAPACITY);
             }
             st.items.push_back(push.clone());
             st.reader.take()
