@@ -379,7 +379,8 @@ mod cql_only {
                 (r, acked, refused)
             }));
         }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cassandra.sh");
+        let script = format!("{}/../scripts/cassandra.sh", super::manifest_dir());
+        let script = script.as_str();
         let run = |cmd: &'static str| async move {
             let out = tokio::process::Command::new("bash")
                 .args([script, cmd])
@@ -470,4 +471,10 @@ mod cql_only {
     ) -> std::sync::Arc<dyn HistoryStore> {
         s
     }
+}
+
+/// The crate's directory at run time (cargo sets it for tests): a build shared between clones
+/// (one `CARGO_TARGET_DIR`) may have been compiled in another clone's path.
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
 }

@@ -251,7 +251,8 @@ struct Sent {
 
 /// Runs `scripts/cassandra.sh <cmd>` (`stop` or `start`; both wait until done).
 async fn scripts_cassandra(cmd: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cassandra.sh");
+    let script = format!("{}/../scripts/cassandra.sh", manifest_dir());
+    let script = script.as_str();
     let out = tokio::process::Command::new("bash")
         .args([script, cmd])
         .output()
@@ -272,7 +273,8 @@ struct StartOnDrop(bool);
 impl Drop for StartOnDrop {
     fn drop(&mut self) {
         if self.0 {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cassandra.sh");
+            let script = format!("{}/../scripts/cassandra.sh", manifest_dir());
+            let script = script.as_str();
             let _ = std::process::Command::new("bash")
                 .args([script, "start"])
                 .status();
@@ -513,4 +515,10 @@ async fn fault_cassandra_stops_and_starts_under_traffic() {
     );
     let (code, body) = http_get(&node.http("/readyz")).await;
     assert_eq!(code, 200, "{body}");
+}
+
+/// The crate's directory at run time (cargo sets it for tests): a build shared between clones
+/// (one `CARGO_TARGET_DIR`) may have been compiled in another clone's path.
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
 }
