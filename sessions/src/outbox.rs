@@ -83,7 +83,7 @@ impl Outbox {
             kill: kill.clone(),
             grace,
         });
-        let rx = OutboxRx(queue);
+        let rx = OutboxRx { queue, spent: 0 };
         (outbox, OutboxEnds { rx, evicted, kill })
     }
 }
@@ -133,10 +133,25 @@ impl PushSink for Outbox {
     }
 }
 
-/// The session's end of its outbox: the pushes in order, as batches of everything queued when
-/// the session looked (one lock, one actor message and one pass of the session's encoder per
-/// batch, not per push); ends when the outbox is dropped and drained.
-pub struct OutboxRx(Arc<Queue>);
+/// The session's end of its outbox: the pushes in order, as batches of what is queued when the
+/// session looks (one lock, one actor message and one pass of the session's encoder per batch,
+/// not per push); ends when the outbox is dropped and drained.
+///
+/// A session takes at most [`POLL_BYTES`] of payload (and [`MAX_BATCH`] pushes) per poll: past
+/// that the stream says `Pending` and wakes its task again, so the connection writes, or stops
+/// polling the session while its socket is full, before more is encoded. So a connection holds
+/// at most its write-pause threshold plus about `POLL_BYTES` (plus one push) of encoded frames;
+/// the rest wait here as `Arc`s shared with the other recipients.
+pub struct OutboxRx {
+    queue: Arc<Queue>,
+    /// Payload bytes handed out in the current poll of the session.
+    spent: usize,
+}
+
+/// Most pushes in one batch.
+pub const MAX_BATCH: usize = 256;
+/// Payload bytes a session takes per poll before letting its connection write.
+pub const POLL_BYTES: usize = 64 * 1024;
 
 /// Pushes taken from the outbox at once, oldest first.
 pub type Batch = VecDeque<Arc<Push>>;
@@ -145,26 +160,46 @@ impl Stream for OutboxRx {
     type Item = Batch;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Batch>> {
-        let mut st = self.0.state();
-        if !st.items.is_empty() {
+        let this = self.get_mut();
+        let mut st = this.queue.state();
+        if st.items.is_empty() {
+            this.spent = 0;
+            if st.writer_gone {
+                return Poll::Ready(None);
+            }
+            match &mut st.reader {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        if this.spent >= POLL_BYTES {
+            // Let the connection write what this poll produced first.
+            this.spent = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let (mut n, mut bytes) = (0, 0);
+        for p in st.items.iter().take(MAX_BATCH) {
+            if n > 0 && this.spent + bytes + p.data().len() > POLL_BYTES {
+                break;
+            }
+            n += 1;
+            bytes += p.data().len();
+        }
+        this.spent += bytes.max(1);
+        if n == st.items.len() {
             // The producers start a new queue (allocated by the next push); the batch's memory
-            // goes when the session has handled it, so nothing is held while idle.
+            // goes when the session has handled it: nothing is held while idle.
             return Poll::Ready(Some(std::mem::take(&mut st.items)));
         }
-        if st.writer_gone {
-            return Poll::Ready(None);
-        }
-        match &mut st.reader {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        Poll::Ready(Some(st.items.drain(..n).collect()))
     }
 }
 
 impl Drop for OutboxRx {
     fn drop(&mut self) {
-        let mut st = self.0.state();
+        let mut st = self.queue.state();
         st.reader_gone = true;
         st.reader = None;
         st.items = VecDeque::new();
@@ -228,16 +263,54 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_takes_everything_queued_and_leaves_no_buffer() {
+    async fn batches_take_what_is_queued_in_order_and_leave_no_buffer() {
         let (o, mut rx) = outbox(1024);
-        for n in 0..500 {
+        for n in 0..20 {
             o.try_push(&push(n)).unwrap();
         }
         let batch = rx.next().await.unwrap();
-        assert_eq!(batch.len(), 500);
+        assert_eq!(batch.len(), 20);
         assert!(batch.iter().zip(0..).all(|(p, n)| p.seq == Some(n)));
-        assert_eq!(rx.0.state().items.capacity(), 0);
-        o.try_push(&push(500)).unwrap();
+        assert_eq!(rx.queue.state().items.capacity(), 0);
+        o.try_push(&push(20)).unwrap();
         assert_eq!(rx.next().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_long_queue_comes_in_batches_bounded_per_poll() {
+        let (o, mut rx) = outbox(1024);
+        // 1 KiB payloads: 64 fit in one poll's budget.
+        let text = "x".repeat(1024);
+        let sent: Vec<_> = (0..200)
+            .map(|n| Push::new(PushKind::NewMessage, None, Some(n), &text))
+            .collect();
+        for p in &sent {
+            o.try_push(p).unwrap();
+        }
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let (mut seen, mut in_poll, mut most_in_poll, mut yields) = (Vec::new(), 0, 0, 0);
+        while seen.len() < 200 {
+            match Pin::new(&mut rx).poll_next(&mut cx) {
+                Poll::Ready(Some(b)) => {
+                    in_poll += b.iter().map(|p| p.data().len()).sum::<usize>();
+                    seen.extend(b.iter().map(|p| p.seq.unwrap()));
+                }
+                Poll::Pending => {
+                    yields += 1;
+                    most_in_poll = most_in_poll.max(in_poll);
+                    in_poll = 0;
+                }
+                Poll::Ready(None) => unreachable!("the outbox is alive"),
+            }
+        }
+        assert_eq!(seen, (0..200).collect::<Vec<_>>());
+        assert!(yields >= 3, "yielded {yields} times");
+        // The budget, plus at most the one push that crossed it.
+        let one = sent[0].data().len();
+        assert!(
+            most_in_poll <= POLL_BYTES + one,
+            "{most_in_poll} bytes in one poll"
+        );
     }
 }
