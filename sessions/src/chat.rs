@@ -27,6 +27,7 @@ use tokio_stream::StreamExt;
 use crate::backend::BackendFuture;
 use crate::close::CloseReason;
 use crate::endpoint::SessionsContext;
+use crate::outbox::Batch;
 use crate::protocol::{EventKind, Request};
 use crate::stats::stats;
 
@@ -120,7 +121,7 @@ pub(crate) trait ChatTransport: Actor + Sized {
 }
 
 /// Pushes from the session's outbox, oldest first.
-pub(crate) struct Outbound(pub crate::outbox::Batch);
+pub(crate) struct Outbound(pub Batch);
 
 impl Message for Outbound {
     type Result = ();
@@ -421,6 +422,13 @@ fn joined<A: ChatTransport>(
     }
     if let Some(core) = act.core() {
         core.rooms.insert(room, RoomPhase::Joined(top));
+    }
+}
+
+/// A batch from the outbox, in order (see [`push`]).
+pub(crate) fn push_all<A: ChatTransport>(act: &mut A, ctx: &mut A::Context, batch: Batch) {
+    for p in batch {
+        push(act, ctx, p);
     }
 }
 

@@ -179,9 +179,7 @@ impl Actor for WsSession {
 
 impl StreamHandler<Outbound> for WsSession {
     fn handle(&mut self, Outbound(batch): Outbound, ctx: &mut Self::Context) {
-        for p in batch {
-            chat::push(self, ctx, p);
-        }
+        chat::push_all(self, ctx, batch);
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {

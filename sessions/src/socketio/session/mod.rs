@@ -584,9 +584,7 @@ impl Handler<Kill> for EngineSession {
 
 impl StreamHandler<Outbound> for EngineSession {
     fn handle(&mut self, Outbound(batch): Outbound, ctx: &mut Self::Context) {
-        for p in batch {
-            chat::push(self, ctx, p);
-        }
+        chat::push_all(self, ctx, batch);
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}
