@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::chat_shard::room_id;
 use crate::cli::{self, parse_duration};
-use crate::failover_client::{self as client, Ctx, Reader};
+use crate::failover_client::{Ctx, Reader};
 use crate::failover_ledger::{self as ledger, Acked, ReaderView};
 use crate::failover_nodes::{self as nodes, NodeSpec};
 use crate::failover_report::{round1, table, Report};
@@ -275,7 +275,7 @@ async fn measure(a: &Args, specs: Vec<NodeSpec>, killable: Vec<usize>) -> Result
     let (stop, stopped) = watch::channel(false);
     let sender_tasks: Vec<_> = (0..senders as usize)
         .map(|i| {
-            tokio::spawn(client::sender(
+            tokio::spawn(crate::failover_sender::sender(
                 ctx.clone(),
                 i,
                 senders as usize,

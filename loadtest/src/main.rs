@@ -13,6 +13,7 @@ mod failover_conn;
 mod failover_ledger;
 mod failover_nodes;
 mod failover_report;
+mod failover_sender;
 mod frame;
 mod history;
 mod net;
