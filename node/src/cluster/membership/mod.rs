@@ -28,44 +28,16 @@ use cluster_proto::wire::{self, Cast, Hello, Request, Response};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::{NodeServerMessage, NodeSessionMessage};
 use rooms::Rooms;
-use serde::Serialize;
 
 use super::host::{reply_with, Frame, HostMsg};
 use super::transport::ClusterTransport;
 use super::{net, HOSTS_GROUP, HOST_PREFIX, NODE_HOSTNAME};
 
 mod dialer;
+mod status;
 
 use dialer::{Target, DIAL_MIN};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PeerState {
-    /// Linked; handshake not done.
-    Joining,
-    Up,
-    /// Missed heartbeats, not yet declared down (still in the ring).
-    Suspect,
-    Down,
-    /// Incompatible (protocol, ring) or a duplicate name.
-    Refused,
-    /// Draining: out of the ring, link kept until it closes.
-    Leaving,
-}
-
-/// One member as `/cluster` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct MemberStatus {
-    pub name: String,
-    pub addr: String,
-    pub state: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct MembershipStatus {
-    pub members: Vec<MemberStatus>,
-    pub ring_members: Vec<String>,
-}
+pub use status::{MemberStatus, MembershipStatus, PeerState};
 
 pub enum MembershipMsg {
     /// A peer's hello (it is the caller); answered with ours or a refusal.
