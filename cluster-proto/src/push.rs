@@ -58,6 +58,8 @@ pub struct Push {
     pub seq: Option<u64>,
     data: Bytes,
     frames: [OnceLock<ByteString>; 2],
+    /// The frames above framed for a transport (a WebSocket text frame), built once.
+    wire: [OnceLock<Bytes>; 2],
 }
 
 impl Push {
@@ -76,6 +78,7 @@ impl Push {
             seq,
             data: Bytes::from(data),
             frames: [OnceLock::new(), OnceLock::new()],
+            wire: [OnceLock::new(), OnceLock::new()],
         })
     }
 
@@ -92,6 +95,7 @@ impl Push {
             seq,
             data,
             frames: [OnceLock::new(), OnceLock::new()],
+            wire: [OnceLock::new(), OnceLock::new()],
         })
     }
 
@@ -127,6 +131,14 @@ impl Push {
         build: impl FnOnce(&Push) -> ByteString,
     ) -> ByteString {
         self.frames[format as usize]
+            .get_or_init(|| build(self))
+            .clone()
+    }
+
+    /// The frame for `format` as the bytes a transport writes (e.g. with a WebSocket header),
+    /// built by `build` on first use; every recipient shares them.
+    pub fn wire_frame(&self, format: FrameFormat, build: impl FnOnce(&Push) -> Bytes) -> Bytes {
+        self.wire[format as usize]
             .get_or_init(|| build(self))
             .clone()
     }

@@ -26,9 +26,8 @@
 //! frame), the rest is flushed for at most [`CLOSE_FLUSH`], and the client gets up to
 //! [`CLOSE_LINGER`] to close its side (as actix-http's `client_disconnect_timeout` gave it).
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,11 +38,12 @@ use std::time::Duration;
 use actix_codec::{Encoder, Framed};
 use actix_http::body::{BodySize, BoxBody, MessageBody};
 use actix_http::error::PayloadError;
-use actix_http::{h1, ConnectionType, Payload, Request, Response, StatusCode};
+use actix_http::{h1, ConnectionType, HttpMessage, Payload, Request, Response, StatusCode};
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::rt::net::TcpStream;
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
+use sessions::egress::Egress;
 use tokio::sync::Notify;
 
 /// Stop polling a session while this many bytes of its frames wait for the socket.
@@ -54,8 +54,8 @@ pub const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Largest non-101 response body written on an upgrade request (error bodies are small JSON).
 const MAX_ERROR_BODY: usize = 64 * 1024;
-/// IoSlices per vectored write.
-const MAX_SLICES: usize = 64;
+/// Frames per vectored write.
+const MAX_SLICES: usize = sessions::egress::MAX_SLICES;
 /// Stack buffer for one socket read.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -160,12 +160,15 @@ where
     let (req, _) = req.replace_payload(Payload::Stream {
         payload: Box::pin(input) as actix_http::BoxedPayloadStream,
     });
+    // The connection's write queue: a `/ws` session writes its frames straight into it.
+    let out = Egress::default();
+    req.extensions_mut().insert(out.clone());
     let res: Response<BoxBody> = match app.call(req).await {
         Ok(res) => Response::from(res).map_into_boxed_body(),
         Err(e) => Response::from(e),
     };
     let (mut head, body) = res.into_parts();
-    let mut out = BytesMut::new();
+    let mut head_bytes = BytesMut::new();
 
     if head.status() != StatusCode::SWITCHING_PROTOCOLS {
         let bytes = match body.size() {
@@ -178,24 +181,24 @@ where
         codec
             .encode(
                 h1::Message::Item((head, BodySize::Sized(bytes.len() as u64))),
-                &mut out,
+                &mut head_bytes,
             )
             .map_err(io::Error::other)?;
-        out.extend_from_slice(&bytes);
-        write_all(&io, &out).await?;
+        head_bytes.extend_from_slice(&bytes);
+        write_all(&io, &head_bytes).await?;
         linger(&io).await;
         return Ok(None);
     }
 
     codec
-        .encode(h1::Message::Item((head, BodySize::Stream)), &mut out)
+        .encode(h1::Message::Item((head, BodySize::Stream)), &mut head_bytes)
         .map_err(io::Error::other)?;
-    let out = out.freeze();
+    // First in the queue: the session has not run yet (the pump polls it).
+    out.push(head_bytes.freeze());
     Ok(Some(Pump {
         io,
         body,
-        queued: out.len(),
-        queue: VecDeque::from([out]),
+        out,
         body_done: false,
     }))
 }
@@ -279,12 +282,12 @@ impl Stream for SocketInput {
     }
 }
 
-/// Moves a session's frames to its socket.
+/// Moves a session's frames to its socket: the frames it queued in the connection's
+/// [`Egress`], and whatever its actix context produced (the body stream).
 struct Pump {
     io: Rc<TcpStream>,
     body: BoxBody,
-    queue: VecDeque<Bytes>,
-    queued: usize,
+    out: Egress,
     body_done: bool,
 }
 
@@ -309,17 +312,12 @@ impl Pump {
             // until PAUSE_AT bytes wait for the socket.
             let mut paused = false;
             while !self.body_done {
-                if self.queued >= PAUSE_AT {
+                if self.out.queued() >= PAUSE_AT {
                     paused = true;
                     break;
                 }
                 match Pin::new(&mut self.body).poll_next(cx) {
-                    Poll::Ready(Some(Ok(b))) => {
-                        if !b.is_empty() {
-                            self.queued += b.len();
-                            self.queue.push_back(b);
-                        }
-                    }
+                    Poll::Ready(Some(Ok(b))) => self.out.push(b),
                     Poll::Ready(Some(Err(e))) => {
                         return Poll::Ready(Err(io::Error::other(e.to_string())))
                     }
@@ -333,7 +331,7 @@ impl Pump {
             let wrote = self.write_some(cx)?;
             // Polled again only if it was paused and writing made room: each poll runs the
             // whole actor context, so a session that said Pending is left to its waker.
-            if !(paused && wrote > 0 && self.queued < PAUSE_AT) {
+            if !(paused && wrote > 0 && self.out.queued() < PAUSE_AT) {
                 return Poll::Pending;
             }
         }
@@ -341,7 +339,7 @@ impl Pump {
 
     /// Ready when every queued frame is written.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.queue.is_empty() {
+        while !self.out.is_empty() {
             if self.write_some(cx)? == 0 {
                 return Poll::Pending;
             }
@@ -352,34 +350,18 @@ impl Pump {
     /// Writes as much of the queue as the socket takes now; the bytes written.
     fn write_some(&mut self, cx: &mut Context<'_>) -> io::Result<usize> {
         let mut total = 0;
-        while !self.queue.is_empty() {
+        while !self.out.is_empty() {
             match self.io.poll_write_ready(cx) {
                 Poll::Pending => break,
                 Poll::Ready(r) => r?,
             }
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let n = self.queue.len().min(MAX_SLICES);
-            for (s, b) in slices.iter_mut().zip(self.queue.iter()) {
-                *s = IoSlice::new(b);
-            }
-            match self.io.try_write_vectored(&slices[..n]) {
+            let io = &self.io;
+            match self
+                .out
+                .write_with(MAX_SLICES, |slices| io.try_write_vectored(slices))
+            {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(mut w) => {
-                    total += w;
-                    self.queued -= w;
-                    while w > 0 {
-                        let Some(front) = self.queue.front_mut() else {
-                            break;
-                        };
-                        if w >= front.len() {
-                            w -= front.len();
-                            self.queue.pop_front();
-                        } else {
-                            let _ = front.split_to(w);
-                            w = 0;
-                        }
-                    }
-                }
+                Ok(w) => total += w,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }

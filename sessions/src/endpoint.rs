@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use cluster_proto::SessionId;
 use serde_json::json;
@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::auth::{AuthError, Authenticator, TokenSource};
 use crate::backend::ChatBackend;
 use crate::conn::{ConnSocket, KillSwitch};
+use crate::egress::Egress;
 use crate::limits::Limits;
 use crate::outbox::Outbox;
 use crate::session::WsSession;
@@ -136,7 +137,16 @@ pub async fn ws_endpoint(
         }
     };
     let member = authed.member.clone();
-    let session = WsSession::new(id, authed.member, ctx.clone().into_inner(), bucket, ends);
+    // The connection's write queue, when parley-node's upgrade path drives this socket.
+    let egress = req.extensions_mut().remove::<Egress>();
+    let session = WsSession::new(
+        id,
+        authed.member,
+        ctx.clone().into_inner(),
+        bucket,
+        ends,
+        egress,
+    );
     let protocols: &[&str] = if authed.source == TokenSource::Subprotocol {
         &["bearer"]
     } else {

@@ -20,6 +20,7 @@ mod chat;
 pub mod close;
 pub mod conn;
 pub mod doorbell;
+pub mod egress;
 pub mod endpoint;
 mod fragments;
 pub mod limits;

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use crate::chat::{self, ChatCore, ChatTransport, Outbound, ShutdownSignal};
 use crate::close::CloseReason;
 use crate::conn::KillSwitch;
+use crate::egress::{Egress, Output};
 use crate::endpoint::SessionsContext;
 use crate::fragments::{Reassembler, Whole};
 use crate::outbox::OutboxEnds;
@@ -33,6 +34,7 @@ pub struct WsSession {
     last_heard: Instant,
     fragments: Reassembler,
     closed: Option<CloseReason>,
+    out: Output,
 }
 
 #[derive(Serialize)]
@@ -52,6 +54,7 @@ impl WsSession {
         ctx: Arc<SessionsContext>,
         bucket: Arc<TokenBucket>,
         outbox: OutboxEnds,
+        egress: Option<Egress>,
     ) -> Self {
         Self {
             chat: ChatCore::new(id, member, ctx, bucket),
@@ -61,11 +64,12 @@ impl WsSession {
             last_heard: Instant::now(),
             fragments: Reassembler::default(),
             closed: None,
+            out: Output::new(egress),
         }
     }
 
     fn write(&self, ctx: &mut ws::WebsocketContext<Self>, frame: impl Into<ByteString>) {
-        ctx.text(frame);
+        self.out.text(ctx, frame.into());
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
@@ -114,7 +118,7 @@ impl ChatTransport for WsSession {
 
     fn send_push(&mut self, ctx: &mut Self::Context, p: &Arc<Push>) {
         stats().outbound_push.increment(1);
-        self.write(ctx, p.native_frame());
+        self.out.push(ctx, p);
     }
 
     fn send_history(&mut self, ctx: &mut Self::Context, reply: &JoinReply) {
@@ -138,10 +142,11 @@ impl ChatTransport for WsSession {
             return;
         }
         self.closed = Some(reason);
-        if reason != CloseReason::ClientGone {
-            ctx.close(Some(reason.frame()));
+        if reason == CloseReason::ClientGone {
+            ctx.stop();
+        } else {
+            self.out.close(ctx, Some(reason.frame()));
         }
-        ctx.stop();
     }
 }
 
@@ -162,7 +167,7 @@ impl Actor for WsSession {
             if act.last_heard.elapsed() > timeout {
                 act.close(ctx, CloseReason::HeartbeatTimeout);
             } else {
-                ctx.ping(b"");
+                act.out.ping(ctx, b"");
             }
         });
     }
@@ -202,7 +207,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
             Ok(ws::Message::Binary(_)) => self.binary(ctx),
             Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
-            Ok(ws::Message::Ping(b)) => ctx.pong(&b),
+            Ok(ws::Message::Ping(b)) => self.out.pong(ctx, &b),
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(_)) => self.close(ctx, CloseReason::Normal),
             Err(ws::ProtocolError::Overflow) => self.close(ctx, CloseReason::MessageTooBig),
