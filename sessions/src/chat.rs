@@ -21,13 +21,13 @@ use cluster_proto::api::JoinReply;
 use cluster_proto::rate::TokenBucket;
 use cluster_proto::{ApiError, ErrorCode, Member, Push, PushKind, RoomId, SessionId};
 use serde::Serialize;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
 use crate::backend::BackendFuture;
 use crate::close::CloseReason;
 use crate::endpoint::SessionsContext;
-use crate::outbox::Batch;
+use crate::outbox::{Batch, Delivery};
 use crate::protocol::{EventKind, Request};
 use crate::stats::stats;
 
@@ -120,8 +120,8 @@ pub(crate) trait ChatTransport: Actor + Sized {
     fn close(&mut self, ctx: &mut Self::Context, reason: CloseReason);
 }
 
-/// Pushes from the session's outbox, oldest first.
-pub(crate) struct Outbound(pub Batch);
+/// What the session's outbox hands it: pushes, oldest first, or its eviction.
+pub(crate) struct Outbound(pub Delivery);
 
 impl Message for Outbound {
     type Result = ();
@@ -146,22 +146,23 @@ where
     }));
 }
 
-/// Delivers the outbox's pushes to the actor as [`Outbound`] batches, and closes the session as a
-/// slow consumer when the room layer evicts it.
-pub(crate) fn watch_outbox<A>(
-    act: &A,
-    ctx: &mut A::Context,
-    rx: crate::outbox::OutboxRx,
-    evicted: Arc<Notify>,
-) where
+/// Delivers the outbox's pushes (and its eviction) to the actor as [`Outbound`]: one stream,
+/// so a wake-up of the session polls one source for both (see [`outbound`]).
+pub(crate) fn watch_outbox<A>(ctx: &mut A::Context, rx: crate::outbox::OutboxRx)
+where
     A: ChatTransport + StreamHandler<Outbound>,
     A::Context: AsyncContext<A>,
 {
     ctx.add_stream(rx.map(Outbound));
-    async move { evicted.notified().await }
-        .into_actor(act)
-        .map(|_, act: &mut A, ctx: &mut A::Context| act.close(ctx, CloseReason::SlowConsumer))
-        .spawn(ctx);
+}
+
+/// Handles what the outbox delivered: the pushes, or a close as a slow consumer when the room
+/// layer evicted the session.
+pub(crate) fn outbound<A: ChatTransport>(act: &mut A, ctx: &mut A::Context, d: Delivery) {
+    match d {
+        Delivery::Pushes(batch) => push_all(act, ctx, batch),
+        Delivery::Evicted => act.close(ctx, CloseReason::SlowConsumer),
+    }
 }
 
 /// Answers a rejected or failed request and counts it against the flood limit, unless the
@@ -426,7 +427,7 @@ fn joined<A: ChatTransport>(
 }
 
 /// A batch from the outbox, in order (see [`push`]).
-pub(crate) fn push_all<A: ChatTransport>(act: &mut A, ctx: &mut A::Context, batch: Batch) {
+fn push_all<A: ChatTransport>(act: &mut A, ctx: &mut A::Context, batch: Batch) {
     for p in batch {
         push(act, ctx, p);
     }

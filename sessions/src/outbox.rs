@@ -2,7 +2,8 @@
 //!
 //! The queue ([`OutboxRx`]) is read by the session actor (`ctx.add_stream`). Fan-out
 //! uses `try_send`: it never waits. When the queue is full the hub calls [`PushSink::evict`],
-//! which wakes the session to close with 4008 (`slow_consumer`). A client that stops reading
+//! which wakes the session (through the same stream: [`Delivery::Evicted`]) to close with 4008
+//! (`slow_consumer`). A client that stops reading
 //! entirely also stops its actor from being polled; for that case the node sets
 //! `TCP_USER_TIMEOUT` on every socket and, as a last resort, [`crate::conn::KillSwitch`]
 //! shuts the socket down if the actor has not stopped `grace` after the eviction.
@@ -15,17 +16,19 @@ use std::time::Duration;
 
 use cluster_proto::{Push, PushError, PushSink};
 use futures::Stream;
-use tokio::sync::Notify;
+use smallvec::SmallVec;
 
 use crate::conn::KillSwitch;
 use crate::doorbell::Doorbell;
 
-/// Capacity of a new batch (pushes, 8 B each): fewer regrowths under load.
+/// Capacity of a new queue (pushes, 8 B each): fewer regrowths under load.
 const FIRST_CAPACITY: usize = 8;
+/// A drained queue keeps up to this capacity (128 B) for the next pushes, so a session that
+/// gets one push at a time allocates nothing per push; a larger one (after a burst) is freed.
+const KEEP_CAPACITY: usize = 16;
 
 pub struct Outbox {
     queue: Arc<Queue>,
-    evicted: Arc<Notify>,
     kill: Arc<KillSwitch>,
     grace: Duration,
 }
@@ -33,7 +36,6 @@ pub struct Outbox {
 /// The session's ends of its outbox.
 pub struct OutboxEnds {
     pub rx: OutboxRx,
-    pub evicted: Arc<Notify>,
     pub kill: Arc<KillSwitch>,
 }
 
@@ -59,6 +61,8 @@ struct QueueState {
     reader_gone: bool,
     /// The [`Outbox`] (every producer's handle) is gone: end the stream once drained.
     writer_gone: bool,
+    /// The room layer evicted the session (its queue was full); not yet told to the reader.
+    evicted: bool,
 }
 
 impl Queue {
@@ -75,16 +79,14 @@ impl Outbox {
             doorbell: Doorbell::current(),
             state: Mutex::new(QueueState::default()),
         });
-        let evicted = Arc::new(Notify::new());
         let kill = Arc::new(kill);
         let outbox = Arc::new(Outbox {
             queue: queue.clone(),
-            evicted: evicted.clone(),
             kill: kill.clone(),
             grace,
         });
         let rx = OutboxRx { queue, spent: 0 };
-        (outbox, OutboxEnds { rx, evicted, kill })
+        (outbox, OutboxEnds { rx, kill })
     }
 }
 
@@ -118,18 +120,29 @@ impl PushSink for Outbox {
             st.items.push_back(push.clone());
             st.reader.take()
         };
-        if let Some(w) = waker {
-            match &self.queue.doorbell {
-                Some(bell) => bell.wake(w),
-                None => w.wake(),
-            }
-        }
+        self.queue.wake(waker);
         Ok(())
     }
 
     fn evict(&self) {
-        self.evicted.notify_one();
+        let waker = {
+            let mut st = self.queue.state();
+            st.evicted = true;
+            st.reader.take()
+        };
+        self.queue.wake(waker);
         self.kill.clone().fire_after(self.grace);
+    }
+}
+
+impl Queue {
+    fn wake(&self, waker: Option<Waker>) {
+        if let Some(w) = waker {
+            match &self.doorbell {
+                Some(bell) => bell.wake(w),
+                None => w.wake(),
+            }
+        }
     }
 }
 
@@ -153,15 +166,25 @@ pub const MAX_BATCH: usize = 256;
 /// Payload bytes a session takes per poll before letting its connection write.
 pub const POLL_BYTES: usize = 64 * 1024;
 
-/// Pushes taken from the outbox at once, oldest first.
-pub type Batch = VecDeque<Arc<Push>>;
+/// Pushes taken from the outbox at once, oldest first; up to 8 without an allocation.
+pub type Batch = SmallVec<[Arc<Push>; 8]>;
+
+/// What the outbox hands its session.
+pub enum Delivery {
+    Pushes(Batch),
+    /// The room layer evicted the session as a slow consumer: close with 4008.
+    Evicted,
+}
 
 impl Stream for OutboxRx {
-    type Item = Batch;
+    type Item = Delivery;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Batch>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
         let this = self.get_mut();
         let mut st = this.queue.state();
+        if std::mem::take(&mut st.evicted) {
+            return Poll::Ready(Some(Delivery::Evicted));
+        }
         if st.items.is_empty() {
             this.spent = 0;
             if st.writer_gone {
@@ -188,12 +211,12 @@ impl Stream for OutboxRx {
             bytes += p.data().len();
         }
         this.spent += bytes.max(1);
-        if n == st.items.len() {
-            // The producers start a new queue (allocated by the next push); the batch's memory
-            // goes when the session has handled it: nothing is held while idle.
-            return Poll::Ready(Some(std::mem::take(&mut st.items)));
+        let batch: Batch = st.items.drain(..n).collect();
+        if st.items.is_empty() && st.items.capacity() > KEEP_CAPACITY {
+            // After a burst: the next push starts a small queue again.
+            st.items = VecDeque::new();
         }
-        Poll::Ready(Some(st.items.drain(..n).collect()))
+        Poll::Ready(Some(Delivery::Pushes(batch)))
     }
 }
 
@@ -230,10 +253,10 @@ mod tests {
         }
         drop(o);
         let got: Vec<_> = (&mut rx)
-            .collect::<Vec<Batch>>()
+            .collect::<Vec<Delivery>>()
             .await
             .into_iter()
-            .flatten()
+            .flat_map(pushes)
             .collect();
         assert_eq!(got.len(), 5);
         for (a, b) in got.iter().zip(&sent) {
@@ -254,7 +277,8 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_reader_is_woken_by_a_push_from_another_thread() {
         let (o, mut rx) = outbox(4);
-        let reader = tokio::spawn(async move { rx.next().await.is_some_and(|b| b.len() == 1) });
+        let reader =
+            tokio::spawn(async move { rx.next().await.map(pushes).is_some_and(|b| b.len() == 1) });
         tokio::time::sleep(Duration::from_millis(20)).await;
         std::thread::spawn(move || o.try_push(&push(1)).unwrap())
             .join()
@@ -263,17 +287,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn batches_take_what_is_queued_in_order_and_leave_no_buffer() {
+    async fn batches_take_what_is_queued_in_order_and_a_burst_leaves_no_buffer() {
         let (o, mut rx) = outbox(1024);
         for n in 0..20 {
             o.try_push(&push(n)).unwrap();
         }
-        let batch = rx.next().await.unwrap();
+        let batch = pushes(rx.next().await.unwrap());
         assert_eq!(batch.len(), 20);
         assert!(batch.iter().zip(0..).all(|(p, n)| p.seq == Some(n)));
         assert_eq!(rx.queue.state().items.capacity(), 0);
+        // One at a time: the small queue is kept for the next push.
         o.try_push(&push(20)).unwrap();
-        assert_eq!(rx.next().await.unwrap().len(), 1);
+        assert_eq!(pushes(rx.next().await.unwrap()).len(), 1);
+        assert!(rx.queue.state().items.capacity() <= KEEP_CAPACITY);
+        assert!(rx.queue.state().items.capacity() > 0);
+    }
+
+    #[tokio::test]
+    async fn an_eviction_reaches_the_reader_once_before_its_pushes() {
+        let (o, mut rx) = outbox(2);
+        o.try_push(&push(1)).unwrap();
+        o.evict();
+        assert!(matches!(rx.next().await, Some(Delivery::Evicted)));
+        assert_eq!(pushes(rx.next().await.unwrap()).len(), 1);
+    }
+
+    fn pushes(d: Delivery) -> Batch {
+        match d {
+            Delivery::Pushes(b) => b,
+            Delivery::Evicted => panic!("unexpected eviction"),
+        }
     }
 
     #[tokio::test]
@@ -292,7 +335,8 @@ mod tests {
         let (mut seen, mut in_poll, mut most_in_poll, mut yields) = (Vec::new(), 0, 0, 0);
         while seen.len() < 200 {
             match Pin::new(&mut rx).poll_next(&mut cx) {
-                Poll::Ready(Some(b)) => {
+                Poll::Ready(Some(d)) => {
+                    let b = pushes(d);
                     in_poll += b.iter().map(|p| p.data().len()).sum::<usize>();
                     seen.extend(b.iter().map(|p| p.seq.unwrap()));
                 }

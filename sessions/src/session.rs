@@ -14,7 +14,6 @@ use cluster_proto::api::JoinReply;
 use cluster_proto::rate::TokenBucket;
 use cluster_proto::{ApiError, ErrorCode, Member, Push, PushKind, RoomId, SessionId};
 use serde::Serialize;
-use tokio::sync::Notify;
 
 use crate::chat::{self, ChatCore, ChatTransport, Outbound, ShutdownSignal};
 use crate::close::CloseReason;
@@ -29,7 +28,6 @@ use crate::stats::stats;
 pub struct WsSession {
     chat: ChatCore,
     outbox_rx: Option<crate::outbox::OutboxRx>,
-    evicted: Arc<Notify>,
     kill: Arc<KillSwitch>,
     last_heard: Instant,
     fragments: Reassembler,
@@ -59,7 +57,6 @@ impl WsSession {
         Self {
             chat: ChatCore::new(id, member, ctx, bucket),
             outbox_rx: Some(outbox.rx),
-            evicted: outbox.evicted,
             kill: outbox.kill,
             last_heard: Instant::now(),
             fragments: Reassembler::default(),
@@ -156,7 +153,7 @@ impl Actor for WsSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         stats().connections.increment(1.0);
         if let Some(rx) = self.outbox_rx.take() {
-            chat::watch_outbox(self, ctx, rx, self.evicted.clone());
+            chat::watch_outbox::<Self>(ctx, rx);
         }
         chat::watch_shutdown::<Self>(ctx, self.chat.ctx.shutdown.clone());
         let (interval, timeout) = (
@@ -183,8 +180,8 @@ impl Actor for WsSession {
 }
 
 impl StreamHandler<Outbound> for WsSession {
-    fn handle(&mut self, Outbound(batch): Outbound, ctx: &mut Self::Context) {
-        chat::push_all(self, ctx, batch);
+    fn handle(&mut self, Outbound(d): Outbound, ctx: &mut Self::Context) {
+        chat::outbound(self, ctx, d);
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {

@@ -564,7 +564,7 @@ impl Handler<Connected> for EngineSession {
         self.chat = Some(ChatCore::new(msg.id, msg.member, self.ctx.clone(), bucket));
         self.state = SocketState::Connected;
         stats().connections.increment(1.0);
-        chat::watch_outbox(self, ctx, msg.outbox.rx, msg.outbox.evicted);
+        chat::watch_outbox::<Self>(ctx, msg.outbox.rx);
         let f = packet::connect_ok(&format!("{}", msg.id));
         self.write(ctx, ByteString::from(f));
         for text in std::mem::take(&mut self.early) {
@@ -583,8 +583,8 @@ impl Handler<Kill> for EngineSession {
 }
 
 impl StreamHandler<Outbound> for EngineSession {
-    fn handle(&mut self, Outbound(batch): Outbound, ctx: &mut Self::Context) {
-        chat::push_all(self, ctx, batch);
+    fn handle(&mut self, Outbound(d): Outbound, ctx: &mut Self::Context) {
+        chat::outbound(self, ctx, d);
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}
