@@ -15,9 +15,10 @@
 //!    `101 Switching Protocols` the body, then closes the connection;
 //! 3. drives the session on a small task of its own (the dispatcher's task ends, and its
 //!    buffers are freed): the session reads through [`SocketInput`], which holds no buffer
-//!    while the socket is idle (a read lands in a stack buffer and is copied into a `Bytes` of
-//!    exactly its length), and a pump writes the frames the session produced with vectored
-//!    writes, straight from the context's buffers.
+//!    while the socket is idle (a read lands in the worker thread's buffer and is copied into
+//!    a `Bytes` of exactly its length), and a pump writes, with vectored writes, the frames the
+//!    session queued in the connection's `sessions::egress::Egress` (a push's frame is encoded
+//!    once and its bytes shared by every recipient) and whatever its actix context produced.
 //!
 //! Backpressure is the dispatcher's: the session is not polled while more than
 //! [`PAUSE_AT`] bytes wait for the socket, so a client that stops reading holds at most that
@@ -26,6 +27,7 @@
 //! frame), the rest is flushed for at most [`CLOSE_FLUSH`], and the client gets up to
 //! [`CLOSE_LINGER`] to close its side (as actix-http's `client_disconnect_timeout` gave it).
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -56,7 +58,7 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Frames per vectored write.
 const MAX_SLICES: usize = sessions::egress::MAX_SLICES;
-/// Stack buffer for one socket read.
+/// Buffer for one socket read.
 const READ_CHUNK: usize = 8 * 1024;
 
 /// The WebSocket connections this node drives, for a graceful stop.
@@ -265,13 +267,12 @@ impl Stream for SocketInput {
                 this.done = true;
                 return Poll::Ready(Some(Err(PayloadError::Io(e))));
             }
-            let mut buf = [0u8; READ_CHUNK];
-            match this.io.try_read(&mut buf) {
-                Ok(0) => {
+            match read_chunk(&this.io) {
+                Ok(None) => {
                     this.done = true;
                     return Poll::Ready(None);
                 }
-                Ok(n) => return Poll::Ready(Some(Ok(Bytes::copy_from_slice(&buf[..n])))),
+                Ok(Some(b)) => return Poll::Ready(Some(Ok(b))),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => {
                     this.done = true;
@@ -280,6 +281,23 @@ impl Stream for SocketInput {
             }
         }
     }
+}
+
+thread_local! {
+    /// The worker thread's read buffer: zeroed once, not on every read.
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
+
+/// One read through the thread's buffer, copied into a `Bytes` of exactly its length (the
+/// connection holds no buffer while idle). `None` at end of stream.
+fn read_chunk(io: &TcpStream) -> io::Result<Option<Bytes>> {
+    READ_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        match io.try_read(&mut buf)? {
+            0 => Ok(None),
+            n => Ok(Some(Bytes::copy_from_slice(&buf[..n]))),
+        }
+    })
 }
 
 /// Moves a session's frames to its socket: the frames it queued in the connection's
