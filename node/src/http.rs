@@ -17,6 +17,8 @@ pub struct HttpState {
     pub shutdown: watch::Receiver<bool>,
     /// Set when the node is part of a cluster.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The WebSocket connections held, and the limit.
+    pub live: Arc<crate::upgrade::LiveSockets>,
 }
 
 /// The process is alive and serving HTTP.
@@ -28,6 +30,12 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
     if *state.shutdown.borrow() {
         return HttpResponse::ServiceUnavailable().json(json!({"status": "shutting_down"}));
+    }
+    if state.live.is_full() {
+        // Not a failure: new connections should go to other nodes until some close.
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "status": "full", "connections": state.live.count(), "maxConnections": state.live.max()
+        }));
     }
     let store = state.rooms.store();
     match store.check().await {

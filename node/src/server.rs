@@ -36,6 +36,44 @@ fn cores() -> usize {
         .unwrap_or(2)
 }
 
+/// Open files kept for everything but client connections: the store's files, cluster links,
+/// plain HTTP requests.
+const RESERVED_FILES: u64 = 128;
+
+/// `max_connections`, or the open-files limit less [`RESERVED_FILES`] when it is 0.
+fn max_connections(cfg: &Config) -> usize {
+    if cfg.max_connections > 0 {
+        return cfg.max_connections;
+    }
+    match open_files_limit() {
+        Some(n) => n.saturating_sub(RESERVED_FILES).max(64) as usize,
+        None => 1_000_000,
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (many systems start processes at 1,024
+/// of a much higher hard limit) and returns it; `None` when unlimited or unknown.
+fn open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write the struct we pass, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    (lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
 /// Runs a node until SIGINT/SIGTERM.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let threads = if cfg.core_threads == 0 {
@@ -282,11 +320,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         limits(&cfg),
         shutdown_rx.clone(),
     ));
+    let live = Arc::new(LiveSockets::new(max_connections(&cfg)));
+    tracing::info!(max_connections = live.max(), "connection limit");
     let state = web::Data::new(HttpState {
         rooms: rooms.clone(),
         prometheus,
         shutdown: shutdown_rx,
         cluster: cluster.clone(),
+        live: live.clone(),
     });
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -298,7 +339,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     } else {
         cfg.http_workers
     };
-    let live = Arc::new(LiveSockets::default());
     let make_app = move || {
         let app = App::new()
             .app_data(sessions.clone())

@@ -61,16 +61,34 @@ const MAX_SLICES: usize = sessions::egress::MAX_SLICES;
 /// Buffer for one socket read.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// The WebSocket connections this node drives, for a graceful stop.
-#[derive(Debug, Default)]
+/// The WebSocket connections this node drives: its connection limit, and a graceful stop.
+#[derive(Debug)]
 pub struct LiveSockets {
     count: AtomicUsize,
+    max: usize,
     idle: Notify,
 }
 
 impl LiveSockets {
+    /// Room for `max` connections; one more is refused (`503 server_full`).
+    pub fn new(max: usize) -> Self {
+        LiveSockets {
+            count: AtomicUsize::new(0),
+            max,
+            idle: Notify::new(),
+        }
+    }
+
     pub fn count(&self) -> usize {
         self.count.load(Ordering::Acquire)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.count() >= self.max
     }
 
     /// Waits until no WebSocket connection is left, or `limit` has passed.
@@ -117,11 +135,20 @@ pub fn hand_over<S, B>(
     S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
     B: MessageBody + 'static,
 {
+    // Checked before this connection counts: at most `max` live at once (a race between
+    // workers may let one or two more through).
+    let admit = if live.is_full() {
+        metrics::counter!("parley_connections_refused_total", "reason" => "server_full")
+            .increment(1);
+        Admit::Full(live.max())
+    } else {
+        Admit::Yes
+    };
     let guard = LiveGuard::new(live);
     actix_web::rt::spawn(async move {
         // The handshake (with the App's handler future) runs boxed, so its state is freed once
         // the connection is established: the task itself keeps only the pump.
-        match Box::pin(handshake(app, req, framed)).await {
+        match Box::pin(handshake(app, req, framed, admit)).await {
             Ok(Some(mut pump)) => {
                 if let Err(e) = pump.run().await {
                     tracing::debug!(error = %e, "websocket connection ended with an error");
@@ -134,12 +161,31 @@ pub fn hand_over<S, B>(
     });
 }
 
+/// Whether an upgrade request may become a connection.
+enum Admit {
+    Yes,
+    /// The node holds its limit of connections (the limit).
+    Full(usize),
+}
+
+/// `503 server_full`, with a hint to come back later (or to another node).
+fn server_full(max: usize) -> Response<BoxBody> {
+    let res = actix_web::HttpResponse::ServiceUnavailable()
+        .insert_header(("Retry-After", "5"))
+        .json(serde_json::json!({"error": {
+            "code": "server_full",
+            "message": format!("this node holds its limit of {max} connections; retry later or connect to another node"),
+        }}));
+    Response::from(res).map_into_boxed_body()
+}
+
 /// Runs the upgrade request through the App and writes the response head. `Some`: the session
 /// to drive; `None`: the request was refused (the response is written, the connection closed).
 async fn handshake<S, B>(
     app: Rc<S>,
     req: Request,
     framed: Framed<TcpStream, h1::Codec>,
+    admit: Admit,
 ) -> io::Result<Option<Pump>>
 where
     S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
@@ -165,9 +211,12 @@ where
     // The connection's write queue: a `/ws` session writes its frames straight into it.
     let out = Egress::default();
     req.extensions_mut().insert(out.clone());
-    let res: Response<BoxBody> = match app.call(req).await {
-        Ok(res) => Response::from(res).map_into_boxed_body(),
-        Err(e) => Response::from(e),
+    let res: Response<BoxBody> = match admit {
+        Admit::Full(max) => server_full(max),
+        Admit::Yes => match app.call(req).await {
+            Ok(res) => Response::from(res).map_into_boxed_body(),
+            Err(e) => Response::from(e),
+        },
     };
     let (mut head, body) = res.into_parts();
     let mut head_bytes = BytesMut::new();
@@ -394,7 +443,7 @@ mod tests {
 
     #[tokio::test]
     async fn live_sockets_drain_when_the_last_guard_drops() {
-        let live = Arc::new(LiveSockets::default());
+        let live = Arc::new(LiveSockets::new(usize::MAX));
         assert!(live.drained(Duration::from_millis(10)).await);
         let a = LiveGuard::new(live.clone());
         let b = LiveGuard::new(live.clone());

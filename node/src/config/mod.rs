@@ -146,6 +146,10 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub restart_period: Duration,
 
+    /// WebSocket connections this node holds at most; one more is answered `503` with code
+    /// `server_full` (and `/readyz` says `full`). 0 = the process's open-files limit less 128
+    /// (kept for the store, cluster links and plain HTTP requests). Default 0.
+    pub max_connections: usize,
     /// actix-web worker threads (sockets, sessions); 0 = number of cores. Default 0.
     pub http_workers: usize,
     /// Threads of the core runtime (rooms, users, store); 0 = number of cores. Default 0.
@@ -204,6 +208,7 @@ impl Default for Config {
             call_timeout: Duration::from_secs(5),
             max_restarts: 5,
             restart_period: Duration::from_secs(10),
+            max_connections: 0,
             http_workers: 0,
             core_threads: 0,
             shutdown_grace: Duration::from_secs(5),

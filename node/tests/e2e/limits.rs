@@ -208,3 +208,59 @@ async fn a_silent_client_is_dropped_after_the_client_timeout() {
             >= 1.0
     );
 }
+
+#[tokio::test]
+async fn a_full_node_refuses_connections_with_503_and_readyz_says_full() {
+    let node = Node::start(&["--set", "max_connections=2"]).await;
+    let a = Client::connect(&node, "a").await;
+    let mut b = Client::connect(&node, "b").await;
+    let c_token = token("c", "C");
+    match Client::connect_url(&format!("{}?token={c_token}", node.url())).await {
+        Err(Refused::Http(503)) => {}
+        Err(other) => panic!("expected 503, got {other:?}"),
+        Ok(_) => panic!("a third connection was admitted"),
+    }
+    let upgrade = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let (code, body) =
+        http_request("GET", &node.http(&format!("/ws?token={c_token}")), &upgrade).await;
+    assert_eq!(code, 503);
+    let body: serde_json::Value = serde_json::from_str(&body).expect("json body");
+    assert_eq!(body["error"]["code"], "server_full");
+    let (code, body) = http_get(&node.http("/readyz")).await;
+    assert_eq!(code, 503);
+    let body: serde_json::Value = serde_json::from_str(&body).expect("json body");
+    assert_eq!(
+        (body["status"].as_str(), body["maxConnections"].as_u64()),
+        (Some("full"), Some(2))
+    );
+    assert_eq!(
+        metric(
+            &node,
+            "parley_connections_refused_total{reason=\"server_full\"}"
+        )
+        .await,
+        2.0
+    );
+    // The connections held are not affected.
+    b.join("r").await;
+    b.say("r", "still here").await;
+    // One leaves: a new connection gets its place.
+    drop(a);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut c = loop {
+        match Client::connect_url(&format!("{}?token={c_token}", node.url())).await {
+            Ok(c) => break c,
+            Err(Refused::Http(503)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("no room after a connection closed: {e:?}"),
+        }
+    };
+    c.join("r").await;
+    assert_eq!(b.event("userJoined").await["userId"], "c");
+}
