@@ -152,14 +152,20 @@ impl Output {
         }
     }
 
-    /// A push's `/ws` frame: shared bytes on the queue, or a copy through the context.
-    pub(crate) fn push<A>(&self, ctx: &mut WebsocketContext<A>, p: &Push)
-    where
+    /// A push as `format`'s text frame (`text` builds, or returns the cached, text): shared
+    /// bytes on the queue, or a copy through the context.
+    pub(crate) fn push<A>(
+        &self,
+        ctx: &mut WebsocketContext<A>,
+        p: &Push,
+        format: FrameFormat,
+        text: fn(&Push) -> ByteString,
+    ) where
         A: Actor<Context = WebsocketContext<A>>,
     {
         match &self.0 {
-            Some(e) => e.push(push_frame(p, FrameFormat::Native, Push::native_frame)),
-            None => ctx.text(p.native_frame()),
+            Some(e) => e.push(push_frame(p, format, text)),
+            None => ctx.text(text(p)),
         }
     }
 

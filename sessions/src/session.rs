@@ -11,6 +11,7 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 use bytestring::ByteString;
 use cluster_proto::api::JoinReply;
+use cluster_proto::push::FrameFormat;
 use cluster_proto::rate::TokenBucket;
 use cluster_proto::{ApiError, ErrorCode, Member, Push, PushKind, RoomId, SessionId};
 use serde::Serialize;
@@ -115,7 +116,8 @@ impl ChatTransport for WsSession {
 
     fn send_push(&mut self, ctx: &mut Self::Context, p: &Arc<Push>) {
         stats().outbound_push.increment(1);
-        self.out.push(ctx, p);
+        self.out
+            .push(ctx, p, FrameFormat::Native, Push::native_frame);
     }
 
     fn send_history(&mut self, ctx: &mut Self::Context, reply: &JoinReply) {

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use actix::{Actor, Addr};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use actix_web_actors::ws as aws;
 use base64::Engine as _;
 use bytestring::ByteString;
@@ -31,6 +31,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::conn::{ConnSocket, KillSwitch};
+use crate::egress::Egress;
 use crate::endpoint::SessionsContext;
 use crate::stats::stats;
 use engine::HttpError;
@@ -214,7 +215,9 @@ async fn websocket(
             (addr, 0)
         }
     };
-    let pipe = ws::EioWs::new(addr, gen, rx, kill, ctx.limits.max_frame_bytes);
+    // The connection's write queue, when parley-node's upgrade path drives this socket.
+    let egress = req.extensions_mut().remove::<Egress>();
+    let pipe = ws::EioWs::new(addr, gen, rx, kill, ctx.limits.max_frame_bytes, egress);
     aws::WsResponseBuilder::new(pipe, req, body)
         .frame_size(ctx.limits.max_frame_bytes)
         .start()

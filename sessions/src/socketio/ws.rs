@@ -13,10 +13,12 @@ use actix_web_actors::ws;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::session::{EngineSession, WsFrame, WsGone, WsIn, WsOut};
+use super::session::{socketio_text, EngineSession, WsFrame, WsGone, WsIn, WsOut};
 use crate::close::CloseReason;
 use crate::conn::KillSwitch;
+use crate::egress::{Egress, Output};
 use crate::fragments::{Reassembler, Whole};
+use cluster_proto::push::FrameFormat;
 
 pub(crate) struct EioWs {
     session: Addr<EngineSession>,
@@ -26,6 +28,7 @@ pub(crate) struct EioWs {
     max_frame: usize,
     fragments: Reassembler,
     reason: CloseReason,
+    out: Output,
 }
 
 impl EioWs {
@@ -35,6 +38,7 @@ impl EioWs {
         rx: mpsc::Receiver<WsOut>,
         kill: Arc<KillSwitch>,
         max_frame: usize,
+        egress: Option<Egress>,
     ) -> Self {
         Self {
             session,
@@ -44,6 +48,7 @@ impl EioWs {
             max_frame,
             fragments: Reassembler::default(),
             reason: CloseReason::ClientGone,
+            out: Output::new(egress),
         }
     }
 
@@ -72,10 +77,11 @@ impl EioWs {
 
     fn end(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: CloseReason) {
         self.reason = reason;
-        if reason != CloseReason::ClientGone {
-            ctx.close(Some(reason.frame()));
+        if reason == CloseReason::ClientGone {
+            ctx.stop();
+        } else {
+            self.out.close(ctx, Some(reason.frame()));
         }
-        ctx.stop();
     }
 }
 
@@ -100,11 +106,9 @@ impl Actor for EioWs {
 impl StreamHandler<WsOut> for EioWs {
     fn handle(&mut self, out: WsOut, ctx: &mut Self::Context) {
         match out {
-            WsOut::Text(t) => ctx.text(t),
-            WsOut::Close(reason) => {
-                ctx.close(Some(reason.frame()));
-                ctx.stop();
-            }
+            WsOut::Text(t) => self.out.text(ctx, t),
+            WsOut::Push(p) => self.out.push(ctx, &p, FrameFormat::SocketIo, socketio_text),
+            WsOut::Close(reason) => self.out.close(ctx, Some(reason.frame())),
         }
     }
 
@@ -127,12 +131,11 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for EioWs {
                     Err(e) => self.end(ctx, e.close_reason()),
                 }
             }
-            Ok(ws::Message::Ping(b)) => ctx.pong(&b),
+            Ok(ws::Message::Ping(b)) => self.out.pong(ctx, &b),
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(_)) => {
                 self.reason = CloseReason::Normal;
-                ctx.close(None);
-                ctx.stop();
+                self.out.close(ctx, None);
             }
             Err(ws::ProtocolError::Overflow) => self.end(ctx, CloseReason::MessageTooBig),
             Err(ws::ProtocolError::Io(_)) => self.end(ctx, CloseReason::ClientGone),

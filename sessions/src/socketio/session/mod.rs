@@ -52,7 +52,16 @@ pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the session sends to its WebSocket pipe.
 pub(crate) enum WsOut {
     Text(ByteString),
+    /// A push: the pipe writes its Socket.IO frame, encoded once for every recipient.
+    Push(Arc<Push>),
     Close(CloseReason),
+}
+
+/// A push's Socket.IO event packet (`42["event",data]`), built once.
+pub(crate) fn socketio_text(p: &Push) -> ByteString {
+    p.frame(FrameFormat::SocketIo, |p| {
+        ByteString::from(packet::event(p.kind.event_name(), p.data_str()))
+    })
 }
 
 /// A frame read by a WebSocket pipe.
@@ -216,15 +225,7 @@ impl EngineSession {
             return;
         }
         match &self.transport {
-            Transport::WebSocket(link) => match link.tx.try_send(WsOut::Text(frame)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.close(ctx, CloseReason::SlowConsumer)
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.close(ctx, CloseReason::ClientGone)
-                }
-            },
+            Transport::WebSocket(_) => self.send_to_pipe(ctx, WsOut::Text(frame)),
             Transport::Polling => {
                 if self.pending.len() >= self.ctx.limits.outbound_queue {
                     return self.close(ctx, CloseReason::SlowConsumer);
@@ -236,6 +237,19 @@ impl EngineSession {
                     ctx.notify(Flush);
                 }
             }
+        }
+    }
+
+    /// Hands `out` to the WebSocket pipe; a full pipe queue closes the session as a slow
+    /// consumer.
+    fn send_to_pipe(&mut self, ctx: &mut Context<Self>, out: WsOut) {
+        let Transport::WebSocket(link) = &self.transport else {
+            return;
+        };
+        match link.tx.try_send(out) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.close(ctx, CloseReason::SlowConsumer),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.close(ctx, CloseReason::ClientGone),
         }
     }
 
@@ -492,10 +506,13 @@ impl ChatTransport for EngineSession {
 
     fn send_push(&mut self, ctx: &mut Context<Self>, p: &Arc<Push>) {
         stats().outbound_push.increment(1);
-        let f = p.frame(FrameFormat::SocketIo, |p| {
-            ByteString::from(packet::event(p.kind.event_name(), p.data_str()))
-        });
-        self.write(ctx, f);
+        match self.transport {
+            // The pipe frames it once for every recipient (see `crate::egress`).
+            Transport::WebSocket(_) if self.closed.is_none() => {
+                self.send_to_pipe(ctx, WsOut::Push(p.clone()))
+            }
+            _ => self.write(ctx, socketio_text(p)),
+        }
     }
 
     /// The seed's shape: `messageHistory` carries the array of messages.
