@@ -63,7 +63,9 @@ async fn health_and_readiness_endpoints_answer() {
         "websocket_messages_total{direction=\"inbound\",event=\"joinRoom\"} 1",
         "websocket_message_latency_ms_bucket",
         "parley_live_room_actors 1",
-        "parley_live_user_actors 1",
+        // The user's first connection, on its owner node: dormant state, no actor.
+        "parley_live_user_actors 0",
+        "parley_dormant_actors{kind=\"user\"} 1",
     ] {
         assert!(body.contains(name), "missing {name} in\n{body}");
     }

@@ -61,13 +61,14 @@ impl Rooms {
         Ok(())
     }
 
-    /// Registers sessions with the local user actor.
+    /// Registers sessions with the local user: its actor, its dormant state, or (a first
+    /// connect, all on this node) a dormant state made for it without starting an actor
+    /// (`UserSpec::apply_absent`).
     ///
-    /// Two attempts are enough for an actor that starts draining (to hibernate or stop) between
-    /// `get` and `call`: the call is refused at once, and the second `get` waits for the actor's
-    /// exit and gets its successor, woken with the sessions it kept. (A call already queued when
-    /// the drain began is still answered.) If both fail, the periodic `sync_registrations`
-    /// retries.
+    /// Sent through the supervisor when the actor is not live, so a connect that meets an actor
+    /// starting to drain (to hibernate or stop) is handed to its successor in order. Two
+    /// attempts cover an actor that dies between the send and its answer; if both fail, the
+    /// periodic `sync_registrations` retries.
     pub(crate) async fn user_connect(
         &self,
         user: &UserId,
@@ -75,22 +76,17 @@ impl Rooms {
         node: Option<Arc<str>>,
     ) -> Result<(), ApiError> {
         for _ in 0..2 {
-            let actor = self.users.get(user).await.map_err(supervisor_error)?;
-            let (s, n) = (sessions.clone(), node.clone());
-            match actor
-                .call(
-                    move |reply| UserMsg::Connect {
-                        sessions: s,
-                        node: n,
-                        reply,
-                    },
-                    Some(self.cfg.call_timeout),
-                )
-                .await
-            {
-                Ok(CallResult::Success(())) => return Ok(()),
-                Ok(CallResult::Timeout) => break,
-                _ => continue,
+            let (tx, rx) = ractor::concurrency::oneshot();
+            let msg = UserMsg::Connect {
+                sessions: sessions.clone(),
+                node: node.clone(),
+                reply: tx.into(),
+            };
+            self.users.send(user, msg).map_err(supervisor_error)?;
+            match tokio::time::timeout(self.cfg.call_timeout, rx).await {
+                Ok(Ok(())) => return Ok(()),
+                Err(_) => break,
+                Ok(Err(_)) => continue,
             }
         }
         Err(ApiError::new(ErrorCode::Internal, "user actor unavailable"))

@@ -170,6 +170,22 @@ impl<S: ChildSpec> Directory<S> {
             .map_err(|_| SupervisorError::Gone)
     }
 
+    /// Like [`Directory::cast`], except that a key with neither child nor dormant state is not
+    /// dropped: [`ChildSpec::apply_absent`] handles it, or a child is started with it.
+    pub fn send(&self, key: &S::Key, msg: ChildMsg<S>) -> Result<(), SupervisorError> {
+        let msg = match self.peek(key) {
+            None => msg,
+            Some(child) => match child.cast(msg) {
+                Ok(()) => return Ok(()),
+                Err(MessagingErr::SendErr(msg)) => msg,
+                Err(_) => return Err(SupervisorError::Gone),
+            },
+        };
+        self.supervisor
+            .cast(SupervisorMsg::Send(key.clone(), msg))
+            .map_err(|_| SupervisorError::Gone)
+    }
+
     /// Sends each child the message `f` gives it: `f(key, None)` for a registered child (live
     /// or on its way out), `f(key, Some(state))` for a dormant one, which is woken only if `f`
     /// gives it a message. Applied by the supervisor, so no child is missed while it changes

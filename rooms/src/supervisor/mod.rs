@@ -102,6 +102,18 @@ pub trait ChildSpec: Send + Sync + 'static {
         let _ = (key, dormant);
         Err(msg)
     }
+    /// Handles a message sent with [`Directory::send`] to a key that has neither a child nor
+    /// dormant state, without starting a child, when the kind can: `Ok(Some(d))` keeps `d` as
+    /// the key's dormant state, `Ok(None)` keeps nothing, `Err(msg)` hands the message back to
+    /// start a child with it.
+    fn apply_absent(
+        &self,
+        key: &Self::Key,
+        msg: <Self::Child as Actor>::Msg,
+    ) -> Result<Option<Self::Dormant>, <Self::Child as Actor>::Msg> {
+        let _ = key;
+        Err(msg)
+    }
 }
 
 /// Restart limits, per key.
@@ -144,6 +156,9 @@ pub enum SupervisorMsg<S: ChildSpec> {
     GetOrSpawn(S::Key, Reply<S>),
     /// A message for the child of the key, whatever its state (see [`Directory::cast`]).
     Deliver(S::Key, ChildMsg<S>),
+    /// A message for the key, which has a child or dormant state made for it if it has
+    /// neither (see [`Directory::send`]).
+    Send(S::Key, ChildMsg<S>),
     /// A message for each child, live or dormant, for which the function gives one.
     Broadcast(BroadcastFn<S>),
 }
@@ -317,6 +332,35 @@ impl<S: ChildSpec> Supervisor<S> {
         }
     }
 
+    /// Delivers `msg` to the key's child or dormant state; a key with neither gets what
+    /// [`ChildSpec::apply_absent`] makes of it: dormant state, or a child started with `msg`.
+    async fn send(
+        &self,
+        myself: &ActorRef<SupervisorMsg<S>>,
+        state: &mut SupervisorState<S>,
+        key: S::Key,
+        msg: ChildMsg<S>,
+    ) {
+        if state.is_waiting(&key)
+            || state.shared.registered(&key).is_some()
+            || state.shared.is_dormant(&key)
+        {
+            return self.deliver(myself, state, key, msg).await;
+        }
+        if self.in_crash_loop(state, &key) {
+            tracing::debug!(kind = S::KIND, %key, "crash loop; message dropped");
+            return;
+        }
+        match self.spec.apply_absent(&key, msg) {
+            Ok(Some(d)) => state.shared.put_dormant(key, d),
+            Ok(None) => {}
+            Err(msg) => {
+                self.start(myself, state, key, false, vec![Waiting::Deliver(msg)])
+                    .await
+            }
+        }
+    }
+
     /// Starts the dormant child of `key` with `msg` as its first message.
     async fn wake(
         &self,
@@ -462,6 +506,7 @@ impl<S: ChildSpec> Actor for Supervisor<S> {
                 self.get_or_spawn(&myself, state, key, reply).await
             }
             SupervisorMsg::Deliver(key, msg) => self.deliver(&myself, state, key, msg).await,
+            SupervisorMsg::Send(key, msg) => self.send(&myself, state, key, msg).await,
             SupervisorMsg::Broadcast(f) => self.broadcast(&myself, state, f).await,
         }
         Ok(())

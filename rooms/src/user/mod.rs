@@ -14,12 +14,13 @@
 //! Lifecycle (see `crate::supervisor` for the mechanics):
 //!
 //! ```text
-//!            first session                     a message (connect, disconnect, node down)
+//!      first session elsewhere        a message that changes the nodes, node down
 //!  (none) ───────────────▶ live ◀──────────────────────────────────────────── dormant
-//!                           │  quiet for hibernate_after, with sessions            ▲
-//!                           ├──────────────── drain ─▶ draining ─▶ stopped ───────┘
-//!                           │  quiet for idle_timeout, without sessions
-//!                           └──────────────── stop ──▶ (none)
+//!    │                      │  quiet for hibernate_after, with sessions            ▲ ▲
+//!    │                      ├──────────────── drain ─▶ draining ─▶ stopped ───────┘ │
+//!    │                      │  quiet for idle_timeout, without sessions             │
+//!    │                      └──────────────── stop ──▶ (none)                       │
+//!    └───────────── first sessions, all on this node: no actor at all ──────────────┘
 //! ```
 //!
 //! A user gets a message only when its sessions connect or disconnect or a node goes down, so
@@ -401,17 +402,40 @@ impl ChildSpec for UserSpec {
             dormant,
         }
     }
-    /// A disconnect that leaves the user's sessions on the same nodes needs no actor: nobody's
-    /// share of the rate limit changes. The last session gone, the user is forgotten (a
-    /// reconnect starts it afresh). Anything else wakes the actor.
+    /// A connect or disconnect that leaves the user's sessions on the same nodes needs no
+    /// actor: nobody's share of the rate limit changes. The last session gone, the user is
+    /// forgotten (a reconnect starts it afresh). Anything else wakes the actor.
     fn apply_dormant(
         &self,
         _key: &UserId,
         dormant: &mut UserDormant,
         msg: UserMsg,
     ) -> Result<bool, UserMsg> {
-        let UserMsg::Disconnect { session } = msg else {
-            return Err(msg);
+        let session = match msg {
+            UserMsg::Disconnect { session } => session,
+            UserMsg::Connect {
+                sessions,
+                node,
+                reply,
+            } => {
+                let mut all = dormant.sessions.to_vec();
+                for s in &sessions {
+                    if !all.iter().any(|(k, _)| k == s) {
+                        all.push((*s, node.clone()));
+                    }
+                }
+                if nodes_of(&all) != nodes_of(&dormant.sessions.to_vec()) {
+                    return Err(UserMsg::Connect {
+                        sessions,
+                        node,
+                        reply,
+                    });
+                }
+                dormant.sessions = all.into_boxed_slice();
+                let _ = reply.send(());
+                return Ok(true);
+            }
+            other => return Err(other),
         };
         let kept: Sessions = dormant
             .sessions
@@ -427,6 +451,37 @@ impl ChildSpec for UserSpec {
         }
         dormant.sessions = kept.into_boxed_slice();
         Ok(true)
+    }
+    /// A user's first sessions, all on this node (its owner): no actor is started. The user
+    /// starts dormant, its bucket at the whole limit (one node), as the actor would have left
+    /// it; the next message that needs the actor (sessions on another node, a node down)
+    /// starts it from there. So a connection's first seconds do not cost an actor (~11 KiB).
+    fn apply_absent(&self, key: &UserId, msg: UserMsg) -> Result<Option<UserDormant>, UserMsg> {
+        let owner = self
+            .cluster
+            .is_local(&self.cluster.user_owner(key.as_str()));
+        match msg {
+            UserMsg::Connect {
+                sessions,
+                node: None,
+                reply,
+            } if owner => {
+                let mut all: Sessions = Vec::with_capacity(sessions.len());
+                for s in sessions {
+                    if !all.iter().any(|(k, _)| *k == s) {
+                        all.push((s, None));
+                    }
+                }
+                if !all.is_empty() {
+                    self.buckets.set_share(key, 1);
+                }
+                let _ = reply.send(());
+                Ok((!all.is_empty()).then(|| UserDormant {
+                    sessions: all.into_boxed_slice(),
+                }))
+            }
+            other => Err(other),
+        }
     }
     fn dormant(&self, key: &UserId, mut state: BoxedState) -> Option<UserDormant> {
         // Kept only while this node owns the user: ownership may have moved while it drained

@@ -277,13 +277,57 @@ async fn a_hibernated_user_leaves_no_task_behind() {
     };
     let before = tasks();
     let user = owned_user(&rooms, 0);
-    // Started without sessions (idle timer), then given one (hibernation timer).
-    rooms.user_connect(&user, vec![s(1)], None).await.unwrap();
+    // Started by a session on another node (a local first connect starts no actor).
+    remote_connect(&rooms, "b", &user, vec![s(1)]).await;
     assert!(tasks() > before);
     until("hibernated", || rooms.users.is_dormant(&user)).await;
     // Its task is gone, and no timer task holds its mailbox any more.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(tasks(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_connect_on_the_owner_starts_no_actor() {
+    let (rooms, peers) = node().await;
+    let user = owned_user(&rooms, 0);
+    let bucket = rooms.buckets.acquire(&user);
+    rooms.user_connect(&user, vec![s(1)], None).await.unwrap();
+    rooms
+        .user_connect(&user, vec![s(2), s(1)], None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((rooms.live_users(), rooms.dormant_users()), (0, 1));
+    assert_eq!(peers.take_shares(), []);
+    let tokens = (0..20).filter(|_| bucket.try_acquire()).count();
+    assert_eq!(tokens, 12, "one node: the whole burst");
+
+    // A session on another node needs the actor: it starts from the dormant state and tells
+    // both nodes their share.
+    remote_connect(&rooms, "b", &user, vec![s(10)]).await;
+    assert_eq!(rooms.live_users(), 1);
+    assert_eq!(peers.take_shares(), [("b".into(), 2)]);
+    assert_eq!(
+        sessions(&rooms, &user).await,
+        [(s(1), None), (s(2), None), (s(10), Some("b".into()))]
+    );
+
+    // Its local sessions leave while it hibernates: the nodes change, it wakes, b's stays.
+    until("hibernated", || rooms.users.is_dormant(&user)).await;
+    rooms.disconnect(s(1), &user);
+    rooms.disconnect(s(2), &user);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(sessions(&rooms, &user).await, [(s(10), Some("b".into()))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_connect_ending_at_once_leaves_nothing() {
+    let (rooms, _) = node().await;
+    let user = owned_user(&rooms, 0);
+    rooms.user_connect(&user, vec![s(1)], None).await.unwrap();
+    rooms.disconnect(s(1), &user);
+    until("forgotten", || rooms.dormant_users() == 0).await;
+    assert_eq!(rooms.live_users(), 0);
 }
 
 /// Counts pushes; the restart test only needs a live session in the hub.
