@@ -156,6 +156,22 @@ impl<S: ChildSpec> Directory<S> {
     /// in order) or dormant (woken); dropped if the key has neither child nor dormant state.
     /// Never waits: a live child gets it directly, anything else through the supervisor.
     pub fn cast(&self, key: &S::Key, msg: ChildMsg<S>) -> Result<(), SupervisorError> {
+        self.to_child_or(key, msg, SupervisorMsg::Deliver)
+    }
+
+    /// Like [`Directory::cast`], except that a key with neither child nor dormant state is not
+    /// dropped: [`ChildSpec::apply_absent`] handles it, or a child is started with it.
+    pub fn send(&self, key: &S::Key, msg: ChildMsg<S>) -> Result<(), SupervisorError> {
+        self.to_child_or(key, msg, SupervisorMsg::Send)
+    }
+
+    /// `msg` straight to the live child, or else to the supervisor as `via`.
+    fn to_child_or(
+        &self,
+        key: &S::Key,
+        msg: ChildMsg<S>,
+        via: fn(S::Key, ChildMsg<S>) -> SupervisorMsg<S>,
+    ) -> Result<(), SupervisorError> {
         let msg = match self.peek(key) {
             None => msg,
             Some(child) => match child.cast(msg) {
@@ -166,23 +182,7 @@ impl<S: ChildSpec> Directory<S> {
             },
         };
         self.supervisor
-            .cast(SupervisorMsg::Deliver(key.clone(), msg))
-            .map_err(|_| SupervisorError::Gone)
-    }
-
-    /// Like [`Directory::cast`], except that a key with neither child nor dormant state is not
-    /// dropped: [`ChildSpec::apply_absent`] handles it, or a child is started with it.
-    pub fn send(&self, key: &S::Key, msg: ChildMsg<S>) -> Result<(), SupervisorError> {
-        let msg = match self.peek(key) {
-            None => msg,
-            Some(child) => match child.cast(msg) {
-                Ok(()) => return Ok(()),
-                Err(MessagingErr::SendErr(msg)) => msg,
-                Err(_) => return Err(SupervisorError::Gone),
-            },
-        };
-        self.supervisor
-            .cast(SupervisorMsg::Send(key.clone(), msg))
+            .cast(via(key.clone(), msg))
             .map_err(|_| SupervisorError::Gone)
     }
 
