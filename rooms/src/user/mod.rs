@@ -14,13 +14,13 @@
 //! Lifecycle (see `crate::supervisor` for the mechanics):
 //!
 //! ```text
-//!      first session elsewhere        a message that changes the nodes, node down
+//!        a request that needs it      a message that changes the nodes, node down
 //!  (none) ───────────────▶ live ◀──────────────────────────────────────────── dormant
 //!    │                      │  quiet for hibernate_after, with sessions            ▲ ▲
 //!    │                      ├──────────────── drain ─▶ draining ─▶ stopped ───────┘ │
 //!    │                      │  quiet for idle_timeout, without sessions             │
 //!    │                      └──────────────── stop ──▶ (none)                       │
-//!    └───────────── first sessions, all on this node: no actor at all ──────────────┘
+//!    └──────────── first sessions, all on one node: no actor at all ────────────────┘
 //! ```
 //!
 //! A user gets a message only when its sessions connect or disconnect or a node goes down, so
@@ -452,36 +452,49 @@ impl ChildSpec for UserSpec {
         dormant.sessions = kept.into_boxed_slice();
         Ok(true)
     }
-    /// A user's first sessions, all on this node (its owner): no actor is started. The user
-    /// starts dormant, its bucket at the whole limit (one node), as the actor would have left
-    /// it; the next message that needs the actor (sessions on another node, a node down)
-    /// starts it from there. So a connection's first seconds do not cost an actor (~11 KiB).
+    /// A user's first sessions, all on one node (this one, or another whose sessions register
+    /// here, the owner): no actor is started. The user starts dormant, that node's bucket at
+    /// the whole limit (one node: this node's set directly, another told with `UserShare`), as
+    /// the actor would have left it; the next message that needs the actor (sessions on a
+    /// second node, a node down) starts it from there. So a connection's first seconds do not
+    /// cost an actor (~11 KiB), and a connection storm starts none.
     fn apply_absent(&self, key: &UserId, msg: UserMsg) -> Result<Option<UserDormant>, UserMsg> {
-        let owner = self
+        if !self
             .cluster
-            .is_local(&self.cluster.user_owner(key.as_str()));
-        match msg {
-            UserMsg::Connect {
-                sessions,
-                node: None,
-                reply,
-            } if owner => {
-                let mut all: Sessions = Vec::with_capacity(sessions.len());
-                for s in sessions {
-                    if !all.iter().any(|(k, _)| *k == s) {
-                        all.push((s, None));
-                    }
-                }
-                if !all.is_empty() {
-                    self.buckets.set_share(key, 1);
-                }
-                let _ = reply.send(());
-                Ok((!all.is_empty()).then(|| UserDormant {
-                    sessions: all.into_boxed_slice(),
-                }))
-            }
-            other => Err(other),
+            .is_local(&self.cluster.user_owner(key.as_str()))
+        {
+            return Err(msg);
         }
+        let UserMsg::Connect {
+            sessions,
+            node,
+            reply,
+        } = msg
+        else {
+            return Err(msg);
+        };
+        let mut all: Sessions = Vec::with_capacity(sessions.len());
+        for s in sessions {
+            if !all.iter().any(|(k, _)| *k == s) {
+                all.push((s, node.clone()));
+            }
+        }
+        if !all.is_empty() {
+            match &node {
+                None => self.buckets.set_share(key, 1),
+                Some(n) => self.cluster.cast(
+                    n,
+                    Cast::UserShare {
+                        user: key.clone(),
+                        nodes: 1,
+                    },
+                ),
+            }
+        }
+        let _ = reply.send(());
+        Ok((!all.is_empty()).then(|| UserDormant {
+            sessions: all.into_boxed_slice(),
+        }))
     }
     fn dormant(&self, key: &UserId, mut state: BoxedState) -> Option<UserDormant> {
         // Kept only while this node owns the user: ownership may have moved while it drained

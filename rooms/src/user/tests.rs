@@ -277,8 +277,9 @@ async fn a_hibernated_user_leaves_no_task_behind() {
     };
     let before = tasks();
     let user = owned_user(&rooms, 0);
-    // Started by a session on another node (a local first connect starts no actor).
+    // Started by sessions on two nodes (first sessions on one node start no actor).
     remote_connect(&rooms, "b", &user, vec![s(1)]).await;
+    remote_connect(&rooms, "c", &user, vec![s(2)]).await;
     assert!(tasks() > before);
     until("hibernated", || rooms.users.is_dormant(&user)).await;
     // Its task is gone, and no timer task holds its mailbox any more.
@@ -318,6 +319,20 @@ async fn a_first_connect_on_the_owner_starts_no_actor() {
     rooms.disconnect(s(2), &user);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(sessions(&rooms, &user).await, [(s(10), Some("b".into()))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_connect_from_another_node_starts_no_actor_and_tells_that_node() {
+    let (rooms, peers) = node().await;
+    let user = owned_user(&rooms, 0);
+    remote_connect(&rooms, "b", &user, vec![s(10), s(11)]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((rooms.live_users(), rooms.dormant_users()), (0, 1));
+    assert_eq!(peers.take_shares(), [("b".into(), 1)]);
+    // A second node: the actor starts and both nodes learn the new share.
+    remote_connect(&rooms, "c", &user, vec![s(20)]).await;
+    assert_eq!(rooms.live_users(), 1);
+    assert_eq!(peers.take_shares(), [("b".into(), 2), ("c".into(), 2)]);
 }
 
 #[tokio::test(start_paused = true)]
