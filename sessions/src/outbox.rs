@@ -3,10 +3,10 @@
 //! The queue ([`OutboxRx`]) is read by the session actor (`ctx.add_stream`). Fan-out
 //! uses `try_send`: it never waits. When the queue is full the hub calls [`PushSink::evict`],
 //! which wakes the session (through the same stream: [`Delivery::Evicted`]) to close with 4008
-//! (`slow_consumer`). A client that stops reading
-//! entirely also stops its actor from being polled; for that case the node sets
-//! `TCP_USER_TIMEOUT` on every socket and, as a last resort, [`crate::conn::KillSwitch`]
-//! shuts the socket down if the actor has not stopped `grace` after the eviction.
+//! (`slow_consumer`). A client that stops reading entirely also stops its actor from being
+//! polled; for that case the node sets `TCP_USER_TIMEOUT` on every socket and, as a last
+//! resort, [`crate::conn::KillSwitch`] shuts the socket down if the actor has not stopped
+//! `grace` after the eviction.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -43,7 +43,7 @@ pub struct OutboxEnds {
 ///
 /// Not a tokio mpsc: one costs ~1 KiB per session before its first message (a cache-padded
 /// channel of ~512 B and a first block of 32 slots), about an eighth of an idle connection's
-/// budget (issue 6: ≤ 8 KiB). This one is ~100 B and holds no buffer while empty. Producers
+/// budget (issue 6: ≤ 8 KiB). This one is ~100 B, plus at most 128 B of queue kept once it has carried a push. Producers
 /// (room fan-out, on the core threads) and the one consumer (the session's task) hold the lock
 /// for a push or a pop only.
 struct Queue {
