@@ -43,9 +43,9 @@ pub struct OutboxEnds {
 ///
 /// Not a tokio mpsc: one costs ~1 KiB per session before its first message (a cache-padded
 /// channel of ~512 B and a first block of 32 slots), about an eighth of an idle connection's
-/// budget (issue 6: ≤ 8 KiB). This one is ~100 B, plus at most 128 B of queue kept once it has carried a push. Producers
-/// (room fan-out, on the core threads) and the one consumer (the session's task) hold the lock
-/// for a push or a pop only.
+/// budget (issue 6: ≤ 8 KiB). This one is ~100 B, plus at most 128 B of queue kept once it
+/// has carried a push. Producers (room fan-out, on the core threads) and the one consumer (the
+/// session's task) hold the lock for a push or a pop only.
 struct Queue {
     cap: usize,
     /// The reader's worker thread's doorbell: wakes from other threads go through it.
