@@ -113,5 +113,156 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         )?
         .set_buckets_for_metric(Matcher::Prefix("parley_store_".into()), STORE_MS)?
         .install_recorder()?;
+    sessions::register_metrics();
+    describe_node_metrics();
     Ok(handle)
+}
+
+/// `# HELP` for the room layer's, the store's and the cluster's metrics (the client-facing ones
+/// are described by `sessions::register_metrics`).
+fn describe_node_metrics() {
+    use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h};
+    c!(
+        "parley_actor_restarts_total",
+        "Room and user actors restarted after a panic, by kind"
+    );
+    c!(
+        "parley_room_loads_total",
+        "Room actors started, by how their history loaded"
+    );
+    c!(
+        "parley_degraded_joins_total",
+        "Joins answered without history (store unavailable)"
+    );
+    c!(
+        "parley_duplicate_sends_total",
+        "Resent messages answered from the dedupe window"
+    );
+    c!(
+        "parley_slow_consumer_evictions_total",
+        "Sessions evicted with a full outbox (4008)"
+    );
+    c!(
+        "parley_connections_refused_total",
+        "WebSocket upgrades refused, by reason"
+    );
+    c!(
+        "parley_user_registration_failures_total",
+        "Failed registrations of sessions with their user's owner (retried every second)"
+    );
+    c!(
+        "parley_heap_trims_total",
+        "malloc_trim calls by the heap janitor"
+    );
+    g!("parley_live_actors", "Running actors, by kind");
+    g!(
+        "parley_dormant_actors",
+        "Hibernated actors (kept as dormant state), by kind"
+    );
+    g!("parley_live_room_actors", "Running room actors");
+    g!("parley_live_user_actors", "Running user actors");
+    g!(
+        "parley_hub_sessions",
+        "Sessions this node delivers pushes to"
+    );
+    h!(
+        "parley_heap_trim_seconds",
+        "Duration of a malloc_trim by the heap janitor"
+    );
+    c!(
+        "parley_store_errors_total",
+        "History store errors, by kind (transient or permanent)"
+    );
+    c!(
+        "parley_store_retries_total",
+        "History store operations retried"
+    );
+    c!(
+        "parley_store_rejected_total",
+        "Store operations refused without trying, by reason (open circuit breaker)"
+    );
+    c!(
+        "parley_store_queue_full_total",
+        "Writes refused: the store's write queue was full"
+    );
+    c!(
+        "parley_store_breaker_opened_total",
+        "Times the store's circuit breaker opened"
+    );
+    g!(
+        "parley_store_breaker_open",
+        "1 while the store's circuit breaker is open"
+    );
+    c!(
+        "parley_store_claims_total",
+        "Room ownership claims (fence) made in the store"
+    );
+    c!(
+        "parley_store_claim_contended_total",
+        "Claims that lost to another owner"
+    );
+    c!(
+        "parley_store_claim_future_writetime_total",
+        "Claims that met a write timestamp from the future"
+    );
+    c!(
+        "parley_store_fenced_total",
+        "Writes refused because another node owns the room"
+    );
+    h!(
+        "parley_store_commit_ms",
+        "Duration of a history commit (one group), in milliseconds"
+    );
+    h!(
+        "parley_store_write_latency_ms",
+        "Time from a message's submission to its commit, in milliseconds"
+    );
+    g!(
+        "parley_cluster_members",
+        "Members of the cluster in this node's view, itself included"
+    );
+    g!(
+        "parley_cluster_owned_rooms",
+        "Rooms this node runs (it owns them)"
+    );
+    g!(
+        "parley_cluster_ring_changes",
+        "Times this node's view of the ring changed"
+    );
+    c!(
+        "parley_cluster_handoffs_total",
+        "Rooms handed to or taken from another node, by reason"
+    );
+    c!(
+        "parley_cluster_handoff_states_total",
+        "Room states received in planned handoffs, by outcome"
+    );
+    c!(
+        "parley_cluster_messages_sent_total",
+        "Frames sent to other nodes, by kind"
+    );
+    c!(
+        "parley_cluster_send_failures_total",
+        "Frames that could not be sent to another node"
+    );
+    c!(
+        "parley_cluster_peer_failures_total",
+        "Peers declared down by the failure detector"
+    );
+    c!(
+        "parley_cluster_decode_errors_total",
+        "Frames from peers that did not decode"
+    );
+    c!(
+        "parley_cluster_oversize_frames_total",
+        "Frames refused for exceeding cluster.max_frame_bytes"
+    );
+    h!(
+        "parley_cluster_call_seconds",
+        "Duration of a request to another node"
+    );
+    h!(
+        "parley_cluster_heartbeat_seconds",
+        "Heartbeat round trip to a peer"
+    );
 }

@@ -36,3 +36,4 @@ pub use close::CloseReason;
 pub use endpoint::{ws_endpoint, SessionsContext};
 pub use limits::Limits;
 pub use socketio::socketio_endpoint;
+pub use stats::register_metrics;
