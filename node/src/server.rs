@@ -130,6 +130,7 @@ fn limits(cfg: &Config) -> Limits {
         max_consecutive_errors: cfg.max_consecutive_errors,
         heartbeat_interval: cfg.heartbeat_interval,
         client_timeout: cfg.client_timeout,
+        max_engine_sessions: max_connections(cfg),
     }
 }
 

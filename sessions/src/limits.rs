@@ -26,6 +26,10 @@ pub struct Limits {
     pub heartbeat_interval: Duration,
     /// Close a connection silent for this long. Default 60 s.
     pub client_timeout: Duration,
+    /// Socket.IO (Engine.IO) sessions at once; one more handshake is answered `503`
+    /// `server_full`. A long-polling session holds no socket, so the node's connection limit
+    /// alone would not bound them. Default 100,000 (`parley-node` sets its `max_connections`).
+    pub max_engine_sessions: usize,
 }
 
 impl Default for Limits {
@@ -41,6 +45,7 @@ impl Default for Limits {
             slow_consumer_grace: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(25),
             client_timeout: Duration::from_secs(60),
+            max_engine_sessions: 100_000,
         }
     }
 }

@@ -86,6 +86,47 @@ async fn polling_socket_joins_a_room_and_is_freed_when_abandoned() {
 }
 
 #[tokio::test]
+async fn polling_sessions_are_bounded_and_a_freed_place_is_reused() {
+    let node = Node::start(&[
+        "--set",
+        "max_connections=2",
+        "--set",
+        "heartbeat_interval=\"1s\"",
+        "--set",
+        "client_timeout=\"2s\"",
+    ])
+    .await;
+    // Two abandoned handshakes hold the node's two places (no socket is held for them).
+    let first = handshake(&node).await;
+    handshake(&node).await;
+    let (status, body) = request(&node, "GET", "/socket.io/?EIO=4&transport=polling", "").await;
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["error"]["code"], "server_full");
+    // Existing sessions are still served.
+    let (status, _) = request(&node, "GET", &q(&first), "").await;
+    assert_eq!(status, 200);
+    // Abandoned sessions end after pingInterval + pingTimeout; then a handshake succeeds.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&node, "parley_engineio_sessions").await > 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "abandoned sessions were never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    handshake(&node).await;
+    assert!(
+        metric(
+            &node,
+            "parley_connections_refused_total{reason=\"server_full\"}"
+        )
+        .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
 async fn bad_token_gets_connect_error_and_bad_requests_get_engineio_errors() {
     let node = Node::start(&[]).await;
     let sid = handshake(&node).await;

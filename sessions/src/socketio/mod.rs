@@ -132,6 +132,9 @@ pub async fn socketio_endpoint(
         None => None,
     };
     let is_get = req.method() == Method::GET;
+    if existing.is_none() && is_get && ctx.engine.len() >= ctx.limits.max_engine_sessions {
+        return Ok(polling::server_full(&req, &ctx));
+    }
     match (q.transport.as_deref(), existing) {
         (Some("polling"), None) if is_get => Ok(handshake_polling(&req, &ctx)),
         (Some("polling"), None) => bad(HttpError::BadHandshakeMethod),

@@ -60,6 +60,19 @@ pub(crate) fn error(
     b.content_type("application/json").body(e.body())
 }
 
+/// A new session refused: the node holds `max_engine_sessions` (as `/ws` answers at its
+/// connection limit).
+pub(crate) fn server_full(req: &HttpRequest, ctx: &SessionsContext) -> HttpResponse {
+    metrics::counter!("parley_connections_refused_total", "reason" => "server_full").increment(1);
+    let mut b = HttpResponse::ServiceUnavailable();
+    cors(req, ctx, &mut b);
+    b.insert_header((header::RETRY_AFTER, "5"))
+        .json(serde_json::json!({"error": {
+            "code": "server_full",
+            "message": "this node holds its limit of sessions; retry later or connect to another node",
+        }}))
+}
+
 /// A polling answer: packets as text.
 pub(crate) fn text(req: &HttpRequest, ctx: &SessionsContext, body: String) -> HttpResponse {
     let mut b = HttpResponse::Ok();
