@@ -7,13 +7,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-if [[ -z "${PARLEY_BIN:-}" ]]; then
-  bin="${CARGO_TARGET_DIR:-$repo/target}/debug/parley"
-  if [[ ! -x "$bin" ]]; then
-    (cd "$repo" && cargo build -p parley-node)
-  fi
-  export PARLEY_BIN="$bin"
-fi
+source "$repo/tests/parley-bin.sh"
 export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 if [[ ! -x "$CHROMIUM" ]]; then
   echo "browser tests: installing Debian's chromium" >&2

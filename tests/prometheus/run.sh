@@ -18,9 +18,8 @@
 # else Debian's `prometheus` package fetched once with `apt-get download` and unpacked with
 # `dpkg-deb -x` (never installed; as scripts/validate-deploy does for promtool) into
 # ${PARLEY_CACHE_DIR:-~/.cache/parley}/deploy-tools/prometheus. That first fetch needs root or
-# sudo and the Debian mirror; every later run is offline. The parley binary: $PARLEY_BIN, else
-# ~/.cache/parley/target/debug/parley, else ${CARGO_TARGET_DIR:-<repo>/target}/debug/parley
-# (built with `cargo build -p parley-node` only if missing).
+# sudo and the Debian mirror; every later run is offline. The parley binary: see
+# tests/parley-bin.sh ($PARLEY_BIN, else target/debug/parley, built if missing).
 #
 # Usage: tests/prometheus/run.sh          (PROM_WAIT_SECS=30: how long to wait for Prometheus)
 set -euo pipefail
@@ -30,17 +29,8 @@ WAIT_SECS="${PROM_WAIT_SECS:-30}"
 TOOLS="${PARLEY_CACHE_DIR:-${HOME:-/root}/.cache/parley}/deploy-tools"
 
 # --- the parley binary -------------------------------------------------------------------------
-if [[ -n "${PARLEY_BIN:-}" ]]; then
-  bin="$PARLEY_BIN"
-elif [[ -x "${HOME:-/root}/.cache/parley/target/debug/parley" ]]; then
-  bin="${HOME:-/root}/.cache/parley/target/debug/parley"
-else
-  bin="${CARGO_TARGET_DIR:-$repo/target}/debug/parley"
-  if [[ ! -x "$bin" ]]; then
-    echo "building parley (cargo build -p parley-node)"
-    (cd "$repo" && cargo build -p parley-node)
-  fi
-fi
+source "$repo/tests/parley-bin.sh"
+bin="$PARLEY_BIN"
 [[ -x "$bin" ]] || { echo "FAIL: no parley binary at $bin" >&2; exit 1; }
 # A stray PARLEY_* of the caller's shell (PARLEY_HISTORY, PARLEY_JWT_SECRET, PARLEY_CONFIG...)
 # must not change the node under test.

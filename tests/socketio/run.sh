@@ -5,13 +5,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-if [[ -z "${PARLEY_BIN:-}" ]]; then
-  bin="${CARGO_TARGET_DIR:-$repo/target}/debug/parley"
-  if [[ ! -x "$bin" ]]; then
-    (cd "$repo" && cargo build -p parley-node)
-  fi
-  export PARLEY_BIN="$bin"
-fi
+source "$repo/tests/parley-bin.sh"
 cd "$here"
 npm ci --no-audit --no-fund --loglevel=error
 exec node --test --test-concurrency=1 "$@"
