@@ -129,7 +129,16 @@ impl UserDormant {
     }
 }
 
-fn nodes_of(sessions: &Sessions) -> BTreeSet<Option<Arc<str>>> {
+/// Adds `new` sessions on `node` to `list`, each once.
+fn add_sessions(list: &mut Sessions, new: &[SessionId], node: &Option<Arc<str>>) {
+    for s in new {
+        if !list.iter().any(|(k, _)| k == s) {
+            list.push((*s, node.clone()));
+        }
+    }
+}
+
+fn nodes_of(sessions: &[(SessionId, Option<Arc<str>>)]) -> BTreeSet<Option<Arc<str>>> {
     sessions.iter().map(|(_, n)| n.clone()).collect()
 }
 
@@ -310,11 +319,7 @@ impl Actor for User {
                 node,
                 reply,
             } => {
-                for session in sessions {
-                    if !state.sessions.iter().any(|(s, _)| *s == session) {
-                        state.sessions.push((session, node.clone()));
-                    }
-                }
+                add_sessions(&mut state.sessions, &sessions, &node);
                 let _ = reply.send(());
                 state.share_limit();
             }
@@ -419,12 +424,8 @@ impl ChildSpec for UserSpec {
                 reply,
             } => {
                 let mut all = dormant.sessions.to_vec();
-                for s in &sessions {
-                    if !all.iter().any(|(k, _)| k == s) {
-                        all.push((*s, node.clone()));
-                    }
-                }
-                if nodes_of(&all) != nodes_of(&dormant.sessions.to_vec()) {
+                add_sessions(&mut all, &sessions, &node);
+                if nodes_of(&all) != nodes_of(&dormant.sessions) {
                     return Err(UserMsg::Connect {
                         sessions,
                         node,
@@ -446,7 +447,7 @@ impl ChildSpec for UserSpec {
         if kept.is_empty() {
             return Ok(false);
         }
-        if nodes_of(&kept) != nodes_of(&dormant.sessions.to_vec()) {
+        if nodes_of(&kept) != nodes_of(&dormant.sessions) {
             return Err(msg);
         }
         dormant.sessions = kept.into_boxed_slice();
@@ -474,11 +475,7 @@ impl ChildSpec for UserSpec {
             return Err(msg);
         };
         let mut all: Sessions = Vec::with_capacity(sessions.len());
-        for s in sessions {
-            if !all.iter().any(|(k, _)| *k == s) {
-                all.push((s, node.clone()));
-            }
-        }
+        add_sessions(&mut all, &sessions, &node);
         if !all.is_empty() {
             match &node {
                 None => self.buckets.set_share(key, 1),
